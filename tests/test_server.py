@@ -1,0 +1,122 @@
+"""Server lifecycle: readiness on /health, clean stop, clear errors for a busy port or a dying server."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from vllm_workshop import PortInUseError, ServerStartError
+from vllm_workshop.server import ManagedServer, VllmServer, free_port, port_in_use
+
+HEALTHY = """
+import http.server, sys, time
+time.sleep(float(sys.argv[2]))
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def toy(port: int, tmp_path: Path, delay: float = 0.5, script: str = HEALTHY) -> ManagedServer:
+    return ManagedServer(
+        [sys.executable, "-c", script, str(port), str(delay)], name="toy", port=port, log_dir=tmp_path
+    )
+
+
+@pytest.fixture()
+def busy_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_free_port_is_free() -> None:
+    assert not port_in_use(free_port())
+
+
+def test_busy_port_is_detected(busy_port: int) -> None:
+    assert port_in_use(busy_port)
+
+
+def test_start_waits_for_health_and_stop_frees_the_port(tmp_path: Path) -> None:
+    port = free_port()
+    with toy(port, tmp_path, delay=1.0) as server:
+        assert server.running
+        assert requests.get(server.base_url + "/health", timeout=2).status_code == 200
+    assert not server.running
+    assert server.process is not None and server.process.returncode is not None
+    assert not port_in_use(port)
+
+
+def test_port_in_use_is_refused_before_starting(tmp_path: Path, busy_port: int) -> None:
+    server = toy(busy_port, tmp_path)
+    with pytest.raises(PortInUseError, match=f"Port {busy_port}.*already in use"):
+        server.start()
+    assert server.process is None
+
+
+def test_dying_server_reports_its_log(tmp_path: Path) -> None:
+    script = "import sys; print('model weights not found: /x'); sys.exit(3)"
+    server = toy(free_port(), tmp_path, script=script)
+    with pytest.raises(ServerStartError, match="code 3(.|\n)*model weights not found"):
+        server.start(timeout=30)
+
+
+def test_never_healthy_server_is_killed(tmp_path: Path) -> None:
+    script = "import time; print('still loading', flush=True); time.sleep(600)"
+    server = toy(free_port(), tmp_path, script=script)
+    with pytest.raises(ServerStartError, match="not healthy(.|\n)*still loading"):
+        server.start(timeout=2)
+    assert not server.running
+
+
+def test_vllm_command_is_built_from_the_settings(settings) -> None:
+    server = VllmServer(settings, max_num_seqs=4)
+    assert server.command[1:4] == ["-m", "vllm_workshop.vllm_cli", "serve"]
+    assert server.command[server.command.index("--port") + 1] == str(server.port)
+    assert server.command[-2:] == ["--max-num-seqs", "4"]
+    assert server.openai_base_url.endswith(f":{server.port}/v1")
+
+
+@pytest.mark.slow
+def test_vllm_cli_shim_runs_on_this_build() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "vllm_workshop.vllm_cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().startswith("0.")
+
+
+@pytest.mark.slow
+def test_real_vllm_serve_answers_and_stops(settings, busy_port: int) -> None:
+    from openai import OpenAI
+
+    with pytest.raises(PortInUseError):
+        VllmServer(settings, port=busy_port).start()
+    server = VllmServer(settings)
+    with server:
+        client = OpenAI(base_url=server.openai_base_url, api_key="x")
+        assert [m.id for m in client.models.list().data] == [server.served_model_name]
+        reply = client.chat.completions.create(
+            model=server.served_model_name,
+            temperature=0,
+            max_tokens=24,
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+        )
+        assert "Paris" in reply.choices[0].message.content
+    assert not server.running
+    assert not port_in_use(server.port)
+    log = server.log_path.read_text()
+    assert "Application startup complete" in log or "Started server process" in log
