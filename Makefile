@@ -67,7 +67,7 @@ lint: install  ## ruff
 	$(BIN)/ruff check src tests $(wildcard scripts)
 	$(BIN)/ruff format --check src tests $(wildcard scripts)
 
-unit: install  ## fast tests (no engine start)
+unit: model  ## fast tests (no engine start)
 	$(BIN)/pytest -m "not slow" -q
 
 slow: model  ## tests that start real vLLM engines and servers
