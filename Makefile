@@ -22,7 +22,12 @@ INDEX_OPT := $(if $(PYTORCH_INDEX),--extra-index-url $(PYTORCH_INDEX),)
 VLLM_STAMP    := $(VENV)/.stamp-vllm-$(LANE)-$(VLLM_VERSION)
 PROJECT_STAMP := $(VENV)/.stamp-project-$(LANE)
 
-.PHONY: help install model lab test lint unit slow notebooks bench clean distclean
+OVERLAY       ?=
+ACCELERATOR   ?= cpu
+NPM           := $(shell command -v npm 2>/dev/null)
+
+.PHONY: help install model lab test lint unit slow notebooks bench clean distclean \
+	tools render validate preflight deploy undeploy
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,7 +57,15 @@ ifeq ($(LANE),cpu)
 endif
 	touch $@
 
-install: $(PROJECT_STAMP)  ## create .venv and install the lane (idempotent)
+# CRD schemas for custom resources (ServiceMonitor, ...) come from @kubernetes-models npm packages.
+CRD_STAMP := tests/crd-validator/node_modules/.stamp
+$(CRD_STAMP): tests/crd-validator/package.json tests/crd-validator/package-lock.json
+	@echo "==> installing the CRD schema validator (npm ci in tests/crd-validator)"
+	@test -n "$(NPM)" || { echo "npm not found: install Node.js 18+ to validate custom resources"; exit 1; }
+	cd tests/crd-validator && $(NPM) ci --no-audit --no-fund --silent
+	touch $@
+
+install: $(PROJECT_STAMP) $(CRD_STAMP)  ## create .venv and install the lane (idempotent)
 	@echo "==> install ready: $$($(BIN)/python -m vllm_workshop settings)"
 
 model: install  ## build the lab model once (models/SmolLM2-135M-Instruct)
@@ -77,8 +90,26 @@ notebooks: model  ## run every notebook top to bottom with nbval
 	$(BIN)/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=$(CELL_TIMEOUT) -o testpaths= notebooks/
 
-test: lint unit slow notebooks  ## install, then the whole suite (notebooks included)
+test: lint validate unit slow notebooks  ## install, then the whole suite (notebooks included)
 	@echo "==> all checks passed"
+
+tools: install  ## find or install kubectl + helm (tools/bin, pinned)
+	$(BIN)/python -m vllm_workshop tools
+
+render: install  ## print an overlay's manifests: make render OVERLAY=gpu-llama31-8b
+	@$(BIN)/python -m vllm_workshop k8s render $(OVERLAY)
+
+validate: install  ## kustomize-build every overlay, schema-validate and policy-check it (no cluster needed)
+	$(BIN)/python -m vllm_workshop k8s validate $(OVERLAY)
+
+preflight: install  ## check kubectl, context, nodes, device plugins: make preflight ACCELERATOR=nvidia
+	$(BIN)/python -m vllm_workshop preflight --accelerator $(ACCELERATOR)
+
+deploy: install  ## apply an overlay and wait for the rollout: make deploy OVERLAY=cpu-lab
+	$(BIN)/python -m vllm_workshop k8s deploy $(OVERLAY)
+
+undeploy: install  ## delete what an overlay created: make undeploy OVERLAY=cpu-lab
+	$(BIN)/python -m vllm_workshop k8s undeploy $(OVERLAY)
 
 bench: model  ## side-by-side benchmarks (ratios measured in one run)
 	$(BIN)/python scripts/bench_batching.py

@@ -21,6 +21,57 @@ def _settings(_: argparse.Namespace) -> None:
     print(lab_settings().describe())
 
 
+def _k8s(args: argparse.Namespace) -> None:
+    from vllm_workshop import k8s, policy
+
+    if args.action == "render":
+        print(k8s.render(args.overlay), end="")
+        return
+    if args.action == "validate":
+        names = [args.overlay] if args.overlay else [p.name for p in k8s.all_overlays()]
+        failed = False
+        for name in names:
+            objects = k8s.load_objects(k8s.render(name))
+            report = k8s.validate_objects(name, objects)
+            violations = {title: found for title, found in policy.check_all(objects).items() if found}
+            print(report.summary())
+            for title, found in violations.items():
+                print(f"  policy '{title}': " + "; ".join(found))
+            failed |= not report.ok or bool(violations)
+        if failed:
+            raise LabError("validation failed (see above)")
+        print(f"all overlays valid against Kubernetes {k8s.KUBERNETES_VERSION} and pass the policy checks")
+        return
+    if args.action == "deploy":
+        print(k8s.deploy(_need(args.overlay)))
+    elif args.action == "undeploy":
+        print(k8s.undeploy(_need(args.overlay)))
+
+
+def _need(overlay: str | None) -> str:
+    if not overlay:
+        raise LabError("name an overlay: OVERLAY=<name> (see modules/*/overlays/)")
+    return overlay
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    from vllm_workshop.preflight import run_preflight
+
+    checks = run_preflight(args.accelerator)
+    for check in checks:
+        print(check)
+    if not all(check.ok for check in checks):
+        raise LabError("preflight failed: fix the items marked FAIL")
+
+
+def _tools(_: argparse.Namespace) -> None:
+    from vllm_workshop.kubetools import client_version, find_helm, find_kubectl
+
+    kubectl = find_kubectl()
+    print(f"kubectl: {kubectl} {client_version(kubectl)}")
+    print(f"helm:    {find_helm()}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one sub-command per task."""
     parser = argparse.ArgumentParser(prog="python -m vllm_workshop", description=__doc__)
@@ -30,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     model.set_defaults(func=_model)
     settings = commands.add_parser("settings", help="print the lane settings read from the environment")
     settings.set_defaults(func=_settings)
+    k8s = commands.add_parser("k8s", help="render, validate, deploy or undeploy a Kustomize overlay")
+    k8s.add_argument("action", choices=["render", "validate", "deploy", "undeploy"])
+    k8s.add_argument("overlay", nargs="?", help="overlay name or folder (validate: all when omitted)")
+    k8s.set_defaults(func=_k8s)
+    preflight = commands.add_parser("preflight", help="check kubectl, context, nodes and device plugins")
+    preflight.add_argument("--accelerator", choices=["cpu", "nvidia", "neuron"], default="cpu")
+    preflight.set_defaults(func=_preflight)
+    tools = commands.add_parser("tools", help="find or install kubectl and helm (tools/bin)")
+    tools.set_defaults(func=_tools)
     return parser
 
 
