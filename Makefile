@@ -112,7 +112,7 @@ undeploy: install  ## delete what an overlay created: make undeploy OVERLAY=cpu-
 	$(BIN)/python -m vllm_workshop k8s undeploy $(OVERLAY)
 
 bench: model  ## side-by-side benchmarks (ratios measured in one run)
-	$(BIN)/python scripts/bench_batching.py
+	$(BIN)/python scripts/bench_serving.py
 
 clean:  ## remove logs and caches (keeps .venv and models)
 	rm -rf .lab .pytest_cache .ruff_cache artifacts

@@ -55,10 +55,10 @@ def test_overrides_from_environment() -> None:
             "LAB_DTYPE": "bfloat16",
             "LAB_MAX_MODEL_LEN": "512",
             "LAB_SCALE": "3",
-            "VLLM_CPU_KVCACHE_SPACE": "1.5",
+            "VLLM_CPU_KVCACHE_SPACE": "3",
         }
     )
-    assert (lab.dtype, lab.max_model_len, lab.scale, lab.kv_cache_gib) == ("bfloat16", 512, 3, 1.5)
+    assert (lab.dtype, lab.max_model_len, lab.scale, lab.kv_cache_gib) == ("bfloat16", 512, 3, 3)
 
 
 def test_serve_args_mirror_engine_kwargs() -> None:

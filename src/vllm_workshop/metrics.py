@@ -48,3 +48,49 @@ def mean_from_histogram(totals: dict[str, float], base: str) -> float | None:
     """Mean of a histogram from its ``_sum`` and ``_count`` samples (None when empty)."""
     count = totals.get(f"{base}_count", 0.0)
     return totals.get(f"{base}_sum", 0.0) / count if count else None
+
+
+class MetricsPoller:
+    """Samples a server's gauges in a background thread during a load (``with MetricsPoller(url) as p:``)."""
+
+    GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")
+
+    def __init__(self, base_url: str, interval_s: float = 0.25) -> None:
+        import threading
+
+        self.base_url = base_url
+        self.interval_s = interval_s
+        self.samples: list[dict[str, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import time
+
+        start = time.perf_counter()
+        while not self._stop.is_set():
+            try:
+                totals = sample_totals(fetch_metrics_text(self.base_url, timeout=5))
+            except requests.RequestException:
+                totals = {}
+            sample = {"t": time.perf_counter() - start}
+            sample.update({name: totals.get(name, float("nan")) for name in self.GAUGES})
+            self.samples.append(sample)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> MetricsPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def series(self, name: str) -> tuple[list[float], list[float]]:
+        """``(times, values)`` of one gauge."""
+        return [s["t"] for s in self.samples], [s[name] for s in self.samples]
+
+
+def engine_metric(metrics: list, name: str) -> float:
+    """Sum of an offline engine's metric (``LLM.get_metrics()``) over its labels; 0 when absent."""
+    return float(sum(getattr(m, "value", 0) or 0 for m in metrics if m.name == name))

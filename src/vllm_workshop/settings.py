@@ -57,7 +57,7 @@ class LabSettings:
     enforce_eager: bool
     seed: int = 0
     scale: int = 1
-    kv_cache_gib: float = 2.0
+    kv_cache_gib: int = 2
     gpu_memory_utilization: float = 0.85
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -94,7 +94,7 @@ class LabSettings:
         """Environment for vLLM processes on this lane (KV cache size on the CPU)."""
         env = dict(os.environ)
         if self.device == "cpu":
-            env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self.kv_cache_gib:g}")
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
         env.update(self.extra_env)
         return env
 
@@ -118,7 +118,7 @@ def lab_settings(env: Mapping[str, str] | None = None) -> LabSettings:
     device = detect_device(env)
     cpu = device == "cpu"
     model = env.get("LAB_MODEL") or str(default_model_dir(env))
-    kv = float(env.get("VLLM_CPU_KVCACHE_SPACE", "2"))
+    kv = int(env.get("VLLM_CPU_KVCACHE_SPACE", "2"))  # vLLM reads whole GiB
     return LabSettings(
         device=device,
         model=model,

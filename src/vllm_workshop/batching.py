@@ -1,0 +1,132 @@
+"""Throughput experiments: vLLM at several ``max_num_seqs`` and Hugging Face ``generate`` in static batches.
+
+Both engines get the same prompt strings and generate exactly ``max_tokens`` tokens per request
+(``ignore_eos`` / ``min_new_tokens``), so tokens per second compare like for like.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from vllm_workshop.offline import close_llm, start_llm
+from vllm_workshop.settings import LabSettings
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """One measured run."""
+
+    label: str
+    requests: int
+    generated_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per wall-clock second."""
+        return self.generated_tokens / self.seconds
+
+    @property
+    def requests_per_s(self) -> float:
+        """Finished requests per wall-clock second."""
+        return self.requests / self.seconds
+
+    def row(self) -> dict[str, Any]:
+        """For :func:`vllm_workshop.offline.format_table`."""
+        return {
+            "run": self.label,
+            "requests": self.requests,
+            "tokens": self.generated_tokens,
+            "seconds": round(self.seconds, 2),
+            "tok/s": round(self.tokens_per_s, 1),
+            "req/s": round(self.requests_per_s, 2),
+        }
+
+
+def kv_cache_info(llm: Any) -> dict[str, int]:
+    """Block size and number of KV blocks the running engine allocated (what its start-up log reports)."""
+    cache = llm.llm_engine.vllm_config.cache_config
+    return {
+        "block_size": cache.block_size,
+        "blocks": cache.num_gpu_blocks,
+        "tokens": cache.num_gpu_blocks * cache.block_size,
+    }
+
+
+def measure_generate(
+    llm: Any, prompts: list[str], max_tokens: int, label: str
+) -> tuple[Throughput, list[Any]]:
+    """Time one ``generate`` of ``prompts``, each making exactly ``max_tokens`` tokens (after a warm-up)."""
+    from vllm import SamplingParams
+
+    llm.generate(prompts[:1], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)  # warm-up
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    return Throughput(label, len(prompts), tokens, seconds), outputs
+
+
+def vllm_throughput(
+    settings: LabSettings, prompts: list[str], max_tokens: int, max_num_seqs: int, **engine: Any
+) -> tuple[Throughput, dict[str, int]]:
+    """Start an engine with ``max_num_seqs``, time one ``generate`` of ``prompts``, stop it."""
+    llm = start_llm(settings, max_num_seqs=max_num_seqs, **engine)
+    try:
+        result, _ = measure_generate(llm, prompts, max_tokens, f"vLLM max_num_seqs={max_num_seqs}")
+        return result, kv_cache_info(llm)
+    finally:
+        close_llm(llm)
+
+
+def load_hf_model(settings: LabSettings) -> tuple[Any, Any, str]:
+    """The same model in Hugging Face transformers, on the lane's device."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = "cuda" if settings.device == "cuda" else "cpu"
+    dtype = torch.float32 if settings.dtype == "float32" else "auto"
+    tokenizer = AutoTokenizer.from_pretrained(settings.model)
+    tokenizer.padding_side = "left"  # decoder-only models pad on the left for batched generation
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype).to(device).eval()
+    return model, tokenizer, device
+
+
+def hf_static_generate(
+    model: Any, tokenizer: Any, device: str, prompts: list[str], max_tokens: list[int] | int, batch_size: int
+) -> tuple[Throughput, list[float]]:
+    """Static batching: each batch is padded to its longest prompt and runs until its longest answer is done.
+
+    Returns the throughput and, per request, the time at which its batch returned (its latency when all
+    requests arrive at once).
+    """
+    import torch
+
+    budgets = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
+    finished_at: list[float] = []
+    useful = 0
+    start = time.perf_counter()
+    for first in range(0, len(prompts), batch_size):
+        batch, wanted = prompts[first : first + batch_size], budgets[first : first + batch_size]
+        inputs = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        longest = max(wanted)
+        with torch.inference_mode():
+            model.generate(
+                **inputs,
+                max_new_tokens=longest,
+                min_new_tokens=longest,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        useful += sum(wanted)  # tokens a client asked for; the rest of the padded batch is waste
+        finished_at += [time.perf_counter() - start] * len(batch)
+    seconds = time.perf_counter() - start
+    batches = math.ceil(len(prompts) / batch_size)
+    label = f"HF static batch={batch_size} ({batches} batches)"
+    return Throughput(label, len(prompts), useful, seconds), finished_at
