@@ -22,12 +22,20 @@ INDEX_OPT := $(if $(PYTORCH_INDEX),--extra-index-url $(PYTORCH_INDEX),)
 VLLM_STAMP    := $(VENV)/.stamp-vllm-$(LANE)-$(VLLM_VERSION)
 PROJECT_STAMP := $(VENV)/.stamp-project-$(LANE)
 
+# Module 6 side environments: LiteLLM and Open WebUI pin dependencies (openai 2.x, their own torch) that
+# differ from vLLM's, so each gets its own venv. Open WebUI gets the CPU torch wheel, not the multi-GB CUDA one.
+GATEWAY_VENV  ?= .venv-gateway
+WEBUI_VENV    ?= .venv-webui
+LITELLM_PKG   ?= litellm[proxy]==1.106.2
+WEBUI_PKG     ?= open-webui==0.12.4
+WEBUI_TORCH   ?= torch==2.13.0
+CHROMIUM      ?= /usr/bin/chromium
 OVERLAY       ?=
 ACCELERATOR   ?= cpu
 NPM           := $(shell command -v npm 2>/dev/null)
 
 .PHONY: help install model lab test lint unit slow notebooks bench clean distclean \
-	tools render validate preflight deploy undeploy
+	tools render validate preflight deploy undeploy gateway-install gateway browser
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -90,8 +98,33 @@ notebooks: model  ## run every notebook top to bottom with nbval
 	$(BIN)/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=$(CELL_TIMEOUT) -o testpaths= notebooks/
 
-test: lint validate unit slow notebooks  ## install, then the whole suite (notebooks included)
+test: gateway-install lint validate unit slow notebooks  ## install, then the whole suite (notebooks included)
 	@echo "==> all checks passed"
+
+$(GATEWAY_VENV)/.stamp:
+	@echo "==> installing $(LITELLM_PKG) into $(GATEWAY_VENV)"
+	$(PYTHON) -m venv $(GATEWAY_VENV)
+	$(GATEWAY_VENV)/bin/python -m pip --disable-pip-version-check install $(INDEX_OPT) "$(LITELLM_PKG)"
+	touch $@
+
+$(WEBUI_VENV)/.stamp:
+	@echo "==> installing $(WEBUI_PKG) into $(WEBUI_VENV) (with $(WEBUI_TORCH), CPU build)"
+	$(PYTHON) -m venv $(WEBUI_VENV)
+	$(WEBUI_VENV)/bin/python -m pip --disable-pip-version-check install $(INDEX_OPT) "$(WEBUI_TORCH)"
+	$(WEBUI_VENV)/bin/python -m pip --disable-pip-version-check install $(INDEX_OPT) "$(WEBUI_PKG)" "$(WEBUI_TORCH)"
+	touch $@
+
+browser:  ## headless Chromium for the browser test (Debian package; needs root or sudo)
+	@if [ -x "$(CHROMIUM)" ]; then echo "==> chromium: $(CHROMIUM)"; \
+	elif [ "$$(id -u)" = 0 ]; then echo "==> installing Debian chromium"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium; \
+	else echo "error: install Chromium (apt-get install chromium) or set CHROMIUM=/path/to/chrome"; exit 1; fi
+
+gateway-install: install $(GATEWAY_VENV)/.stamp $(WEBUI_VENV)/.stamp browser  ## LiteLLM + Open WebUI venvs, Chromium
+
+gateway: model gateway-install  ## two vLLM servers + LiteLLM + Open WebUI, in the foreground (Ctrl-C stops)
+	$(BIN)/python -m vllm_workshop gateway --webui
 
 tools: install  ## find or install kubectl + helm (tools/bin, pinned)
 	$(BIN)/python -m vllm_workshop tools
@@ -117,5 +150,5 @@ bench: model  ## side-by-side benchmarks (ratios measured in one run)
 clean:  ## remove logs and caches (keeps .venv and models)
 	rm -rf .lab .pytest_cache .ruff_cache artifacts
 
-distclean: clean  ## also remove .venv and models
-	rm -rf $(VENV) models
+distclean: clean  ## also remove the virtual environments, models and tools
+	rm -rf $(VENV) $(GATEWAY_VENV) $(WEBUI_VENV) models tools

@@ -144,7 +144,8 @@ def test_common_platform_objects() -> None:
             "HorizontalPodAutoscaler",
             "NetworkPolicy",
         } <= kinds, name
-        spec = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]
+        (vllm,) = [d for d in by_kind(objects, "Deployment") if d["metadata"]["name"] == "vllm"]
+        spec = vllm["spec"]["template"]["spec"]
         shm = [v for v in spec["volumes"] if v["name"] == "dshm"]
         assert shm and shm[0]["emptyDir"]["medium"] == "Memory", name
         (namespace,) = by_kind(objects, "Namespace")
@@ -236,3 +237,43 @@ def test_unreachable_cluster_is_reported(monkeypatch, tmp_path) -> None:
 def test_unknown_overlay_lists_the_known_ones() -> None:
     with pytest.raises(k8s.RenderError, match="cpu-lab"):
         k8s.render("no-such-overlay")
+
+
+def test_gateway_overlay_wires_litellm_and_open_webui() -> None:
+    objects = RENDERED["gateway-cpu"]
+    deployments = {o["metadata"]["name"]: o for o in by_kind(objects, "Deployment")}
+    assert {"vllm", "litellm", "open-webui"} <= set(deployments)
+    litellm = deployments["litellm"]["spec"]["template"]
+    assert (
+        litellm["metadata"]["labels"]["vllm-workshop/client"] == "true"
+    )  # admitted by the vLLM NetworkPolicy
+    secrets = {o["metadata"]["name"] for o in by_kind(objects, "Secret")}
+    configmaps = {o["metadata"]["name"] for o in by_kind(objects, "ConfigMap")}
+    for deployment in deployments.values():
+        spec = deployment["spec"]["template"]["spec"]
+        for env in spec["containers"][0].get("env", []):
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            assert ref is None or ref["name"] in secrets, ref
+        for volume in spec.get("volumes", []):
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in configmaps
+    webui_env = {
+        e["name"]: e for e in deployments["open-webui"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert webui_env["OPENAI_API_BASE_URL"]["value"] == "http://litellm:4000/v1"
+    services = {o["metadata"]["name"]: o for o in by_kind(objects, "Service")}
+    assert services["litellm"]["spec"]["ports"][0]["port"] == 4000
+    config = next(
+        o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"].startswith("litellm-config")
+    )
+    routed = yaml.safe_load(config["data"]["config.yaml"])
+    assert routed["model_list"][0]["litellm_params"]["api_base"] == "http://vllm:8000/v1"
+    assert routed["general_settings"]["master_key"] == "os.environ/LITELLM_MASTER_KEY"
+
+
+def test_local_secret_files_are_never_tracked() -> None:
+    files = project_files()
+    examples = [f for f in files if f.endswith(".env.example")]
+    assert len(examples) >= 3
+    for example in examples:
+        assert example.removesuffix(".example") not in files

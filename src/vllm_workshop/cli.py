@@ -72,6 +72,37 @@ def _tools(_: argparse.Namespace) -> None:
     print(f"helm:    {find_helm()}")
 
 
+def _gateway(args: argparse.Namespace) -> None:
+    import time
+
+    from vllm_workshop.gateway import LAB_USER_EMAIL, GatewayStack, ensure_keys, gateway_dir
+    from vllm_workshop.settings import lab_settings
+
+    print(
+        "starting two vLLM servers, the LiteLLM gateway" + (" and Open WebUI" if args.webui else ""),
+        flush=True,
+    )
+    with GatewayStack(
+        lab_settings(), with_webui=args.webui, gateway_port=args.port, webui_port=args.webui_port
+    ) as stack:
+        keys = ensure_keys()
+        print(f"gateway   : {stack.openai_base_url}  (model group 'lab-model')")
+        for backend in stack.backends:
+            print(f"backend   : {backend.openai_base_url}")
+        if stack.webui:
+            print(
+                f"Open WebUI: {stack.webui.base_url}  user {LAB_USER_EMAIL} password {keys['webui_password']}"
+            )
+        print(f"keys      : {gateway_dir() / 'keys.json'}   request log: {gateway_dir() / 'requests.jsonl'}")
+        print("Ctrl-C stops everything.", flush=True)
+        try:
+            while all(server.running for server in [stack.gateway, *stack.backends]):
+                time.sleep(1)
+            print("a process exited; stopping the stack (logs in .lab/gateway and .lab/logs)")
+        except KeyboardInterrupt:
+            print("stopping ...")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one sub-command per task."""
     parser = argparse.ArgumentParser(prog="python -m vllm_workshop", description=__doc__)
@@ -88,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     preflight = commands.add_parser("preflight", help="check kubectl, context, nodes and device plugins")
     preflight.add_argument("--accelerator", choices=["cpu", "nvidia", "neuron"], default="cpu")
     preflight.set_defaults(func=_preflight)
+    gateway = commands.add_parser(
+        "gateway", help="two vLLM servers behind LiteLLM (and Open WebUI), foreground"
+    )
+    gateway.add_argument("--webui", action="store_true", help="also start Open WebUI")
+    gateway.add_argument("--port", type=int, default=None, help="gateway port (default: a free one)")
+    gateway.add_argument("--webui-port", type=int, default=None, help="Open WebUI port (default: a free one)")
+    gateway.set_defaults(func=_gateway)
     tools = commands.add_parser("tools", help="find or install kubectl and helm (tools/bin)")
     tools.set_defaults(func=_tools)
     return parser

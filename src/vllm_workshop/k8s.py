@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -54,14 +55,34 @@ def overlay_path(name: str | os.PathLike[str]) -> Path:
     return matches[0]
 
 
-def ensure_hf_token_env() -> Path:
-    """Create the git-ignored ``hf-token.env`` from ``$HF_TOKEN`` (or empty) when it is missing."""
-    target = project_root() / HF_TOKEN_ENV
-    if not target.exists():
-        token = os.environ.get("HF_TOKEN", "")
-        target.write_text(f"HF_TOKEN={token}\n")
+def _local_value(key: str) -> str:
+    """Value for a local secret file: the environment's, else empty (HF token) or a fresh random one."""
+    if os.environ.get(key):
+        return os.environ[key]
+    if key == "HF_TOKEN":
+        return ""  # public models need none; gated ones fail with the hub's 401 until you set it
+    prefix = "sk-" if key.endswith("MASTER_KEY") else ""
+    return prefix + secrets.token_hex(16)
+
+
+def ensure_local_env_files() -> list[Path]:
+    """Create missing git-ignored ``components/*/*.env`` files from their templates (never overwrites)."""
+    created = []
+    for example in sorted((project_root() / "components").glob("*/*.env.example")):
+        target = example.with_name(example.name.removesuffix(".example"))
+        if target.exists():
+            continue
+        keys = [line.split("=", 1)[0] for line in example.read_text().splitlines() if "=" in line]
+        target.write_text("".join(f"{key}={_local_value(key)}\n" for key in keys))
         target.chmod(0o600)
-    return target
+        created.append(target)
+    return created
+
+
+def ensure_hf_token_env() -> Path:
+    """Create the local secret files (the HF token from ``$HF_TOKEN``); returns the HF token file."""
+    ensure_local_env_files()
+    return project_root() / HF_TOKEN_ENV
 
 
 def render(overlay: str | os.PathLike[str]) -> str:

@@ -96,6 +96,12 @@ class ManagedServer:
         """Start the process and block until it is healthy (or raise :class:`ServerStartError`)."""
         if self.running:
             return self
+        self.launch()
+        self.wait_healthy(timeout)
+        return self
+
+    def launch(self) -> ManagedServer:
+        """Start the process without waiting (pair with :meth:`wait_healthy` to start several at once)."""
         if port_in_use(self.port, self.host):
             raise PortInUseError(
                 f"Port {self.port} on {self.host} is already in use, so {self.name} cannot listen there. "
@@ -111,7 +117,6 @@ class ManagedServer:
                 env=self.env,
                 start_new_session=True,  # own process group: stop() reaches the engine workers too
             )
-        self.wait_healthy(timeout)
         return self
 
     def wait_healthy(self, timeout: float) -> None:
@@ -152,6 +157,13 @@ class ManagedServer:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
         return process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the process group at once: what a crashed node or an OOM kill looks like to clients."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
 
     def __enter__(self) -> ManagedServer:
         return self.start()

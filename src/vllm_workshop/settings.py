@@ -93,15 +93,21 @@ class LabSettings:
     def process_env(self) -> dict[str, str]:
         """Environment for vLLM processes on this lane (KV cache size on the CPU)."""
         env = dict(os.environ)
+        env["VLLM_LOGGING_LEVEL"] = env.get("LAB_SERVER_LOG_LEVEL", "INFO")  # servers log their start-up
         if self.device == "cpu":
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
         env.update(self.extra_env)
         return env
 
     def apply_env(self) -> None:
-        """Export the lane's vLLM variables into this process (for in-kernel ``LLM`` engines)."""
+        """Export the lane's vLLM variables into this process (for in-kernel ``LLM`` engines).
+
+        In-kernel engines log at WARNING unless ``VLLM_LOGGING_LEVEL`` says otherwise, so notebook cells show
+        results rather than pages of start-up lines (servers keep INFO in their log files).
+        """
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         for key, value in self.process_env().items():
-            if os.environ.get(key) != value:
+            if key != "VLLM_LOGGING_LEVEL" and os.environ.get(key) != value:
                 os.environ[key] = value
 
     def describe(self) -> str:
