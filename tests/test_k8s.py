@@ -133,6 +133,8 @@ def test_config_values_reach_the_container() -> None:
 
 def test_common_platform_objects() -> None:
     for name, objects in RENDERED.items():
+        if not any(d["metadata"]["name"] == "vllm" for d in by_kind(objects, "Deployment")):
+            continue  # multi-node overlays: see test_multinode.py
         kinds = {o["kind"] for o in objects}
         assert {
             "Namespace",
@@ -173,9 +175,11 @@ def project_files() -> list[str]:
 
 def test_hf_token_secret_comes_from_an_untracked_file() -> None:
     files = project_files()
-    assert "components/hf-token/hf-token.env.example" in files
-    assert "components/hf-token/hf-token.env" not in files
-    ignored = subprocess.run(["git", "check-ignore", "-q", "components/hf-token/hf-token.env"], cwd=ROOT)
+    assert "components/hf-token-secret/hf-token.env.example" in files
+    assert "components/hf-token-secret/hf-token.env" not in files
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "components/hf-token-secret/hf-token.env"], cwd=ROOT
+    )
     assert ignored.returncode == 0
     for path in files:
         file = ROOT / path
@@ -277,3 +281,38 @@ def test_local_secret_files_are_never_tracked() -> None:
     assert len(examples) >= 3
     for example in examples:
         assert example.removesuffix(".example") not in files
+
+
+def references(node: object, kind: str) -> list[str]:
+    """Names a manifest refers to, for kind "ConfigMap" or "Secret" (env, envFrom and volumes)."""
+    keys = {
+        "ConfigMap": ("configMapRef", "configMapKeyRef", "configMap"),
+        "Secret": ("secretRef", "secretKeyRef"),
+    }
+    found: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in keys[kind] and isinstance(value, dict) and "name" in value:
+                found.append(value["name"])
+            elif key == "secret" and kind == "Secret" and isinstance(value, dict) and "secretName" in value:
+                found.append(value["secretName"])
+            else:
+                found += references(value, kind)
+    elif isinstance(node, list):
+        for item in node:
+            found += references(item, kind)
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(RENDERED))
+def test_every_configmap_and_secret_reference_resolves(name: str) -> None:
+    objects = RENDERED[name]
+    for kind in ("ConfigMap", "Secret"):
+        existing = {o["metadata"]["name"] for o in by_kind(objects, kind)}
+        for obj in objects:
+            missing = set(references(obj.get("spec", {}), kind)) - existing
+            assert not missing, f"{object_id(obj)} refers to missing {kind}s {missing} (have {existing})"
+
+
+def object_id(obj: dict) -> str:
+    return k8s.object_id(obj)

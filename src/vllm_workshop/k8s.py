@@ -24,7 +24,7 @@ from vllm_workshop.kubetools import find_kubectl
 from vllm_workshop.paths import project_root
 
 KUBERNETES_VERSION = "1.33.0"  # schema version the manifests must satisfy (EKS standard support)
-HF_TOKEN_ENV = Path("components/hf-token/hf-token.env")
+HF_TOKEN_ENV = Path("components/hf-token-secret/hf-token.env")
 CRD_VALIDATOR = Path("tests/crd-validator")
 
 
@@ -158,16 +158,62 @@ def validate_custom(objects: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
     return {f"{row['kind']}/{row['name']}": row for row in json.loads(done.stdout)}
 
 
+OPERATOR_SCHEMAS = {
+    ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): "leaderworkerset-v1.json",
+    ("ray.io/v1", "RayService"): "rayservice-v1.json",
+}
+
+
+def _schema(name: str) -> dict[str, Any]:
+    return json.loads((project_root() / "infra" / "operators" / "schemas" / name).read_text())
+
+
+def validate_operator_resource(obj: dict[str, Any], version: str = KUBERNETES_VERSION) -> str | None:
+    """LeaderWorkerSet / RayService: structure (``infra/operators/schemas``), every pod template as a core/v1
+    PodTemplate against the pinned Kubernetes schema, and a RayService's ``serveConfigV2``."""
+    import jsonschema
+
+    from vllm_workshop.policy import pod_specs
+
+    errors = [
+        f"{e.message} at {'/'.join(str(p) for p in e.path)}"
+        for e in jsonschema.Draft202012Validator(
+            _schema(OPERATOR_SCHEMAS[(obj["apiVersion"], obj["kind"])])
+        ).iter_errors(obj)
+    ]
+    for where, spec in pod_specs([obj]):
+        template = {
+            "apiVersion": "v1",
+            "kind": "PodTemplate",
+            "metadata": {"name": "t"},
+            "template": {"spec": spec},
+        }
+        error = validate_builtin(template, version)
+        if error:
+            errors.append(f"pod template {where}: {error}")
+    if obj["kind"] == "RayService" and "serveConfigV2" in obj["spec"]:
+        serve = yaml.safe_load(obj["spec"]["serveConfigV2"])
+        validator = jsonschema.Draft202012Validator(_schema("serve-llm-config.json"))
+        errors += [
+            f"serveConfigV2: {e.message} at {'/'.join(str(p) for p in e.path)}"
+            for e in validator.iter_errors(serve)
+        ]
+    return "; ".join(errors) or None
+
+
 def validate_objects(name: str, objects: list[dict[str, Any]]) -> ValidationReport:
     """Validate every object: built-ins against the pinned Kubernetes schema, the rest against CRD schemas."""
     report = ValidationReport(overlay=name)
     custom = []
     for obj in objects:
-        try:
-            error = validate_builtin(obj)
-        except KeyError:
-            custom.append(obj)
-            continue
+        if (obj.get("apiVersion"), obj.get("kind")) in OPERATOR_SCHEMAS:
+            error = validate_operator_resource(obj)
+        else:
+            try:
+                error = validate_builtin(obj)
+            except KeyError:
+                custom.append(obj)
+                continue
         if error:
             report.errors[object_id(obj)] = error
         else:

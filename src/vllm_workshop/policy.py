@@ -74,13 +74,17 @@ def resource_requests_set(objects: list[Obj]) -> list[str]:
     return problems
 
 
+def serves_vllm(container: Obj) -> bool:
+    """True for a container that runs the vLLM HTTP server (not a Ray worker that only joins a cluster)."""
+    line = " ".join(str(part) for part in container.get("command", []) + container.get("args", []))
+    return "vllm serve" in line or "vllm.entrypoints" in line
+
+
 def probes_on_health(objects: list[Obj]) -> list[str]:
     """vLLM containers have startup, readiness and liveness probes on /health; startup allows a slow load."""
     problems = []
     for name, container, _ in containers(objects):
-        if not any(
-            "vllm" in str(part) for part in container.get("command", []) + [container.get("image", "")]
-        ):
+        if not serves_vllm(container):
             continue
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             spec = container.get(probe)

@@ -1,0 +1,24 @@
+"""Distributed-run helpers; the full TP=3 vs TP=1 comparison runs in notebooks/05-multi-node.ipynb."""
+
+from __future__ import annotations
+
+import pytest
+
+from vllm_workshop.parallel import cpu_thread_binding, root_cause, run_parallel
+
+
+def test_cpu_binding_gives_each_rank_a_core() -> None:
+    assert cpu_thread_binding(3, cores=2) == "0|1|0"
+    assert cpu_thread_binding(2, cores=8) == "0|1"
+    assert cpu_thread_binding(1, cores=1) == "0"
+
+
+def test_root_cause_keeps_the_telling_lines() -> None:
+    log = "INFO starting\n(EngineCore) ERROR [core.py:1] AssertionError: Not enough allowed NUMA nodes\nbye\n"
+    assert root_cause(log) == "AssertionError: Not enough allowed NUMA nodes"
+
+
+@pytest.mark.slow
+def test_tp_size_must_divide_the_heads(settings) -> None:
+    run = run_parallel(settings, tensor_parallel=2)
+    assert not run.ok and "divisible by tensor parallel size (2)" in run.error
