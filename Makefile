@@ -30,12 +30,15 @@ LITELLM_PKG   ?= litellm[proxy]==1.106.2
 WEBUI_PKG     ?= open-webui==0.12.4
 WEBUI_TORCH   ?= torch==2.13.0
 CHROMIUM      ?= /usr/bin/chromium
+# Module 3: llm-compressor pins its own transformers, so quantization runs in its own venv (CPU torch).
+QUANT_VENV    ?= .venv-quant
+QUANT_PKG     ?= llmcompressor==0.14.0.1
 OVERLAY       ?=
 ACCELERATOR   ?= cpu
 NPM           := $(shell command -v npm 2>/dev/null)
 
 .PHONY: help install model lab test lint unit slow notebooks bench clean distclean \
-	tools render validate preflight deploy undeploy gateway-install gateway browser
+	tools render validate preflight deploy undeploy gateway-install gateway browser quant-install
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -98,7 +101,7 @@ notebooks: model  ## run every notebook top to bottom with nbval
 	$(BIN)/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=$(CELL_TIMEOUT) -o testpaths= notebooks/
 
-test: gateway-install lint validate unit slow notebooks  ## install, then the whole suite (notebooks included)
+test: gateway-install quant-install lint validate unit slow notebooks  ## install, then the whole suite (notebooks included)
 	@echo "==> all checks passed"
 
 $(GATEWAY_VENV)/.stamp:
@@ -113,6 +116,15 @@ $(WEBUI_VENV)/.stamp:
 	$(WEBUI_VENV)/bin/python -m pip --disable-pip-version-check install $(INDEX_OPT) "$(WEBUI_TORCH)"
 	$(WEBUI_VENV)/bin/python -m pip --disable-pip-version-check install $(INDEX_OPT) "$(WEBUI_PKG)" "$(WEBUI_TORCH)"
 	touch $@
+
+$(QUANT_VENV)/.stamp:
+	@echo "==> installing $(QUANT_PKG) into $(QUANT_VENV) (with $(WEBUI_TORCH), CPU build)"
+	$(PYTHON) -m venv $(QUANT_VENV)
+	$(QUANT_VENV)/bin/python -m pip --disable-pip-version-check install $(INDEX_OPT) "$(WEBUI_TORCH)"
+	$(QUANT_VENV)/bin/python -m pip --disable-pip-version-check install $(INDEX_OPT) "$(QUANT_PKG)" "$(WEBUI_TORCH)"
+	touch $@
+
+quant-install: install $(QUANT_VENV)/.stamp  ## llm-compressor venv for module 3
 
 browser:  ## headless Chromium for the browser test (Debian package; needs root or sudo)
 	@if [ -x "$(CHROMIUM)" ]; then echo "==> chromium: $(CHROMIUM)"; \
@@ -151,4 +163,4 @@ clean:  ## remove logs and caches (keeps .venv and models)
 	rm -rf .lab .pytest_cache .ruff_cache artifacts
 
 distclean: clean  ## also remove the virtual environments, models and tools
-	rm -rf $(VENV) $(GATEWAY_VENV) $(WEBUI_VENV) models tools
+	rm -rf $(VENV) $(GATEWAY_VENV) $(WEBUI_VENV) $(QUANT_VENV) models tools

@@ -1,0 +1,214 @@
+"""Quantize the lab model with llm-compressor and measure each variant in vLLM: size, speed, quality.
+
+Quantization runs in ``.venv-quant`` (llm-compressor pins its own transformers); the result is a
+compressed-tensors checkpoint that vLLM loads directly. Each variant is then measured in a fresh subprocess
+of the main environment (``python -m vllm_workshop.quantize eval``): a failing variant is reported, not fatal.
+
+Quality is measured two ways: perplexity of a fixed text shipped with the repo (``prompt_logprobs`` from vLLM
+itself) and agreement of greedy answers with the unquantized model on a fixed question set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vllm_workshop.errors import LabError
+from vllm_workshop.paths import models_dir, project_root
+from vllm_workshop.settings import LabSettings
+
+QUANT_VENV = ".venv-quant"
+EVAL_TEXT = Path("modules/03-quantization/data/eval-text.txt")
+QUESTIONS = (
+    "What is the capital of France?",
+    "How many days are there in a week?",
+    "What colour is the sky on a clear day?",
+    "Name a fruit that is yellow.",
+    "What do bees make?",
+    "What is two plus three?",
+    "Which animal says moo?",
+    "What is the opposite of hot?",
+)
+# name -> (llm-compressor scheme, description). All data-free (round-to-nearest): no calibration download.
+SCHEMES = {
+    "w8a8-int8": ("W8A8", "INT8 weights per channel, INT8 activations per token (dynamic)"),
+    "w4a16-g64": ("W4A16-G64", "INT4 weights in groups of 64, 16-bit activations (GPTQ/AWQ-style storage)"),
+}
+
+
+def quant_python() -> Path:
+    """The interpreter of the quantization environment, with the command that creates it."""
+    path = project_root() / QUANT_VENV / "bin" / "python"
+    if not path.exists():
+        raise LabError(f"{path} is missing. Fix: run `make quant-install` in the workshop folder.")
+    return path
+
+
+def variant_dir(name: str) -> Path:
+    """Where a quantized variant of the lab model is written."""
+    return models_dir() / f"SmolLM2-135M-Instruct-{name}"
+
+
+def quantize(source: str | Path, name: str, force: bool = False) -> Path:
+    """Build one variant (once; ``force`` rebuilds) with llm-compressor in ``.venv-quant``."""
+    out = variant_dir(name)
+    if (out / "config.json").exists() and not force:
+        return out
+    scheme = SCHEMES[name][0]
+    command = [str(quant_python()), "-m", "vllm_workshop.quantize", "build", str(source), scheme, str(out)]
+    env = {"PYTHONPATH": str(project_root() / "src"), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0 or not (out / "config.json").exists():
+        raise LabError(f"quantizing {name} failed:\n{done.stderr[-3000:]}")
+    return out
+
+
+def _build(source: str, scheme: str, out: str) -> None:
+    """(``.venv-quant``) Data-free quantization with llm-compressor, saved compressed."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(source, dtype="auto")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if scheme == "W4A16-G64":
+        # Group sizes must divide the 576-wide hidden size: 64, not the usual 128.
+        weights = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=64)
+        recipe = QuantizationModifier(
+            config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=weights)},
+            ignore=["lm_head"],
+        )
+    else:
+        recipe = QuantizationModifier(targets="Linear", scheme=scheme, ignore=["lm_head"])
+    oneshot(model=model, recipe=recipe)
+    model.save_pretrained(out, save_compressed=True)
+    tokenizer.save_pretrained(out)
+
+
+@dataclass
+class VariantResult:
+    """What one variant measured."""
+
+    name: str
+    ok: bool
+    disk_mib: float = 0.0
+    load_s: float = 0.0
+    tokens_per_s: float = 0.0
+    perplexity: float = 0.0
+    answers: list[str] = field(default_factory=list)
+    answer_ids: list[list[int]] = field(default_factory=list)
+    error: str = ""
+
+    def agreement(self, reference: VariantResult) -> float:
+        """Share of questions whose greedy answer is identical to the reference's."""
+        pairs = list(zip(self.answer_ids, reference.answer_ids, strict=False))
+        return sum(a == b for a, b in pairs) / len(pairs) if pairs else 0.0
+
+    def token_agreement(self, reference: VariantResult) -> float:
+        """Share of the reference's answer tokens reproduced before the first difference."""
+        same = total = 0
+        for mine, theirs in zip(self.answer_ids, reference.answer_ids, strict=False):
+            total += len(theirs)
+            for a, b in zip(mine, theirs, strict=False):
+                if a != b:
+                    break
+                same += 1
+        return same / total if total else 0.0
+
+
+def disk_mib(folder: Path) -> float:
+    """Size of the weight files of a model folder in MiB."""
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**20
+
+
+def evaluate(
+    settings: LabSettings,
+    name: str,
+    model: str | Path,
+    quantization: str | None = None,
+    timeout_s: float = 900,
+) -> VariantResult:
+    """Measure a variant (folder or hub id; ``quantization`` as for ``LLM``) in a fresh vLLM process."""
+    folder = Path(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        command = [
+            sys.executable,
+            "-m",
+            "vllm_workshop.quantize",
+            "eval",
+            str(model),
+            settings.dtype,
+            str(out),
+            quantization or "none",
+        ]
+        env = settings.process_env()
+        env["VLLM_LOGGING_LEVEL"] = "WARNING"
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return VariantResult(name, False, error=f"timed out after {timeout_s:.0f} s")
+        if done.returncode != 0 or not out.exists():  # the engine refused or crashed: keep its reason
+            from vllm_workshop.parallel import root_cause
+
+            return VariantResult(
+                name, False, disk_mib=disk_mib(folder), error=root_cause(done.stderr + done.stdout)
+            )
+        return VariantResult(name, True, disk_mib=disk_mib(folder), **json.loads(out.read_text()))
+
+
+def _eval(folder: str, dtype: str, out: str, quantization: str = "none") -> None:
+    """(subprocess) Load with vLLM; perplexity, greedy answers, throughput."""
+    from vllm import LLM, SamplingParams
+
+    from vllm_workshop.settings import detect_device
+
+    extra: dict[str, Any] = {} if quantization == "none" else {"quantization": quantization}
+    eager = detect_device() == "cpu"
+    start = time.perf_counter()
+    llm = LLM(model=folder, dtype=dtype, max_model_len=2048, enforce_eager=eager, seed=0, **extra)
+    load_s = time.perf_counter() - start
+    text = (project_root() / EVAL_TEXT).read_text()
+    scored = llm.generate([text], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
+    logprobs = [
+        next(iter(entry.values())).logprob
+        for entry in scored.prompt_logprobs[1:]
+        if entry  # first token: no context
+    ]
+    perplexity = math.exp(-sum(logprobs) / len(logprobs))
+    chats = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    answers = llm.chat(chats, SamplingParams(temperature=0, max_tokens=24), use_tqdm=False)
+    load = [[{"role": "user", "content": f"Write a short story about the number {i}."}] for i in range(16)]
+    t0 = time.perf_counter()
+    timed = llm.chat(load, SamplingParams(temperature=0, max_tokens=32, ignore_eos=True), use_tqdm=False)
+    elapsed = time.perf_counter() - t0
+    result: dict[str, Any] = {
+        "load_s": load_s,
+        "perplexity": perplexity,
+        "answers": [a.outputs[0].text for a in answers],
+        "answer_ids": [list(a.outputs[0].token_ids) for a in answers],
+        "tokens_per_s": sum(len(o.outputs[0].token_ids) for o in timed) / elapsed,
+    }
+    Path(out).write_text(json.dumps(result))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``build SRC SCHEME OUT`` (in .venv-quant) or ``eval MODEL DTYPE OUT [QUANTIZATION]`` (in .venv)."""
+    parser = argparse.ArgumentParser(prog="python -m vllm_workshop.quantize")
+    parser.add_argument("action", choices=["build", "eval"])
+    parser.add_argument("args", nargs="+")
+    ns = parser.parse_args(argv)
+    (_build if ns.action == "build" else _eval)(*ns.args)
+
+
+if __name__ == "__main__":
+    main()
