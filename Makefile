@@ -28,7 +28,7 @@ GATEWAY_VENV  ?= .venv-gateway
 WEBUI_VENV    ?= .venv-webui
 LITELLM_PKG   ?= litellm[proxy]==1.106.2
 WEBUI_PKG     ?= open-webui==0.12.4
-WEBUI_TORCH   ?= torch==2.13.0
+CPU_TORCH     ?= torch==2.13.0
 CHROMIUM      ?= /usr/bin/chromium
 # Module 3: llm-compressor pins its own transformers, so quantization runs in its own venv (CPU torch).
 QUANT_VENV    ?= .venv-quant
@@ -110,18 +110,14 @@ $(GATEWAY_VENV)/.stamp:
 	$(GATEWAY_VENV)/bin/python -m pip --disable-pip-version-check install $(INDEX_OPT) "$(LITELLM_PKG)"
 	touch $@
 
-$(WEBUI_VENV)/.stamp:
-	@echo "==> installing $(WEBUI_PKG) into $(WEBUI_VENV) (with $(WEBUI_TORCH), CPU build)"
-	$(PYTHON) -m venv $(WEBUI_VENV)
-	$(WEBUI_VENV)/bin/python -m pip --disable-pip-version-check install $(INDEX_OPT) "$(WEBUI_TORCH)"
-	$(WEBUI_VENV)/bin/python -m pip --disable-pip-version-check install $(INDEX_OPT) "$(WEBUI_PKG)" "$(WEBUI_TORCH)"
-	touch $@
-
-$(QUANT_VENV)/.stamp:
-	@echo "==> installing $(QUANT_PKG) into $(QUANT_VENV) (with $(WEBUI_TORCH), CPU build)"
-	$(PYTHON) -m venv $(QUANT_VENV)
-	$(QUANT_VENV)/bin/python -m pip --disable-pip-version-check install $(INDEX_OPT) "$(WEBUI_TORCH)"
-	$(QUANT_VENV)/bin/python -m pip --disable-pip-version-check install $(INDEX_OPT) "$(QUANT_PKG)" "$(WEBUI_TORCH)"
+# Open WebUI and llm-compressor each get a venv with the CPU torch wheel first, then their pinned package.
+$(WEBUI_VENV)/.stamp: SIDE_PKG := $(WEBUI_PKG)
+$(QUANT_VENV)/.stamp: SIDE_PKG := $(QUANT_PKG)
+$(WEBUI_VENV)/.stamp $(QUANT_VENV)/.stamp:
+	@echo "==> installing $(SIDE_PKG) into $(@D) (with $(CPU_TORCH), CPU build)"
+	$(PYTHON) -m venv $(@D)
+	$(@D)/bin/python -m pip --disable-pip-version-check install $(INDEX_OPT) "$(CPU_TORCH)"
+	$(@D)/bin/python -m pip --disable-pip-version-check install $(INDEX_OPT) "$(SIDE_PKG)" "$(CPU_TORCH)"
 	touch $@
 
 quant-install: install $(QUANT_VENV)/.stamp  ## llm-compressor venv for module 3

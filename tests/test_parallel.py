@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_workshop.parallel import cpu_thread_binding, root_cause, run_parallel
+from vllm_workshop.isolated import root_cause
+from vllm_workshop.parallel import cpu_thread_binding, run_parallel
 
 
 def test_cpu_binding_gives_each_rank_a_core() -> None:

@@ -24,7 +24,6 @@ from vllm_workshop.kubetools import find_kubectl
 from vllm_workshop.paths import project_root
 
 KUBERNETES_VERSION = "1.33.0"  # schema version the manifests must satisfy (EKS standard support)
-HF_TOKEN_ENV = Path("components/hf-token-secret/hf-token.env")
 CRD_VALIDATOR = Path("tests/crd-validator")
 
 
@@ -79,15 +78,9 @@ def ensure_local_env_files() -> list[Path]:
     return created
 
 
-def ensure_hf_token_env() -> Path:
-    """Create the local secret files (the HF token from ``$HF_TOKEN``); returns the HF token file."""
-    ensure_local_env_files()
-    return project_root() / HF_TOKEN_ENV
-
-
 def render(overlay: str | os.PathLike[str]) -> str:
     """``kubectl kustomize`` of an overlay, as YAML text."""
-    ensure_hf_token_env()
+    ensure_local_env_files()
     path = overlay_path(overlay)
     done = subprocess.run([find_kubectl(), "kustomize", str(path)], capture_output=True, text=True)
     if done.returncode != 0:

@@ -1,8 +1,8 @@
 """A real distributed vLLM run on one machine: tensor / pipeline parallel workers as separate processes.
 
-Each configuration runs in a fresh subprocess (``python -m vllm_workshop.parallel``), so a configuration that
-vLLM refuses or that crashes is recorded with its error instead of taking the notebook down, and per-run
-settings such as CPU thread binding do not leak between runs.
+Each configuration runs in a fresh subprocess (``python -m vllm_workshop.parallel``, through
+:func:`vllm_workshop.isolated.run_isolated`), so a configuration that vLLM refuses or that crashes is recorded
+with its error, and per-run settings such as CPU thread binding do not leak between runs.
 """
 
 from __future__ import annotations
@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vllm_workshop.isolated import run_isolated
 from vllm_workshop.settings import LabSettings
 
 PROMPTS = (
@@ -75,9 +74,9 @@ def run_parallel(
     world = tensor_parallel * pipeline_parallel
     if settings.device == "cpu" and world > 1:
         env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_thread_binding(world)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        command = [
+
+    def command(out: Path) -> list[str]:
+        args = [
             sys.executable,
             "-m",
             "vllm_workshop.parallel",
@@ -94,28 +93,12 @@ def run_parallel(
             "--out",
             str(out),
         ]
-        if settings.enforce_eager:
-            command.append("--enforce-eager")
-        try:
-            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return ParallelRun(
-                tensor_parallel, pipeline_parallel, False, error=f"timed out after {timeout_s:.0f} s"
-            )
-        if done.returncode == 0 and out.exists():
-            return ParallelRun(tensor_parallel, pipeline_parallel, True, **json.loads(out.read_text()))
-        return ParallelRun(
-            tensor_parallel, pipeline_parallel, False, error=root_cause(done.stderr + done.stdout)
-        )
+        return [*args, "--enforce-eager"] if settings.enforce_eager else args
 
-
-def root_cause(log: str) -> str:
-    """The most telling error lines of a failed vLLM run (the assertion or validation message)."""
-    lines = [line.split("] ", 1)[-1].strip() for line in log.splitlines()]
-    markers = ("Error", "error:", "assert", "must be divisible", "Not enough")
-    hits = [line for line in lines if any(m in line for m in markers) and not line.startswith("File ")]
-    unique = list(dict.fromkeys(hits))
-    return "\n".join(unique[-6:]) or "\n".join(lines[-10:])
+    result, error = run_isolated(command, env, timeout_s)
+    if result is None:
+        return ParallelRun(tensor_parallel, pipeline_parallel, False, error=error)
+    return ParallelRun(tensor_parallel, pipeline_parallel, True, **result)
 
 
 def _main(argv: list[str] | None = None) -> None:

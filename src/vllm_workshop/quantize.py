@@ -15,13 +15,13 @@ import json
 import math
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vllm_workshop.errors import LabError
+from vllm_workshop.isolated import run_isolated
 from vllm_workshop.paths import models_dir, project_root
 from vllm_workshop.settings import LabSettings
 
@@ -138,32 +138,14 @@ def evaluate(
     timeout_s: float = 900,
 ) -> VariantResult:
     """Measure a variant (folder or hub id; ``quantization`` as for ``LLM``) in a fresh vLLM process."""
-    folder = Path(model)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        command = [
-            sys.executable,
-            "-m",
-            "vllm_workshop.quantize",
-            "eval",
-            str(model),
-            settings.dtype,
-            str(out),
-            quantization or "none",
-        ]
-        env = settings.process_env()
-        env["VLLM_LOGGING_LEVEL"] = "WARNING"
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return VariantResult(name, False, error=f"timed out after {timeout_s:.0f} s")
-        if done.returncode != 0 or not out.exists():  # the engine refused or crashed: keep its reason
-            from vllm_workshop.parallel import root_cause
-
-            return VariantResult(
-                name, False, disk_mib=disk_mib(folder), error=root_cause(done.stderr + done.stdout)
-            )
-        return VariantResult(name, True, disk_mib=disk_mib(folder), **json.loads(out.read_text()))
+    env = settings.process_env()
+    env["VLLM_LOGGING_LEVEL"] = "WARNING"
+    command = [sys.executable, "-m", "vllm_workshop.quantize", "eval", str(model), settings.dtype]
+    result, error = run_isolated(lambda out: [*command, str(out), quantization or "none"], env, timeout_s)
+    size = disk_mib(Path(model))
+    if result is None:  # the engine refused, crashed or hung: keep its reason
+        return VariantResult(name, False, disk_mib=size, error=error)
+    return VariantResult(name, True, disk_mib=size, **result)
 
 
 def _eval(folder: str, dtype: str, out: str, quantization: str = "none") -> None:
