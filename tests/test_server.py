@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -120,3 +123,33 @@ def test_real_vllm_serve_answers_and_stops(settings, busy_port: int) -> None:
     assert not port_in_use(server.port)
     log = server.log_path.read_text()
     assert "Application startup complete" in log or "Started server process" in log
+
+
+def test_servers_left_running_are_stopped_when_the_interpreter_exits(tmp_path: Path) -> None:
+    """A kernel that exits (shutdown or restart) without stopping its servers leaves no process behind."""
+    port = free_port()
+    pid_file = tmp_path / "pid"
+    script = (
+        "import sys; sys.path.insert(0, {src!r}); sys.path.insert(0, {tests!r})\n"
+        "from pathlib import Path\n"
+        "from test_server import toy\n"
+        "server = toy({port}, Path({tmp!r})).start(timeout=30)\n"
+        "Path({pid!r}).write_text(str(server.process.pid))\n"
+        "del server  # the caller drops its handle; the lab still knows the process\n"
+    ).format(
+        src=str(Path(__file__).parents[1] / "src"),
+        tests=str(Path(__file__).parent),
+        port=port,
+        tmp=str(tmp_path),
+        pid=str(pid_file),
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pid = int(pid_file.read_text())
+    try:
+        alive = Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+        assert not alive, f"server pid {pid} outlived the interpreter that started it"
+        assert not port_in_use(port)
+    finally:
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+            os.killpg(pid, signal.SIGKILL)

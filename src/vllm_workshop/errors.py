@@ -19,3 +19,11 @@ class ServerStartError(LabError):
 
 class ClusterNotConfiguredError(LabError):
     """No reachable Kubernetes cluster is configured."""
+
+
+class SettingsError(LabError):
+    """An environment variable that configures the lab holds a value the lab cannot use."""
+
+
+class VllmArgsError(LabError):
+    """A ``vllm serve`` command line that the pinned vLLM's own argument parser rejects."""

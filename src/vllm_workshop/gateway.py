@@ -51,7 +51,16 @@ def ensure_keys() -> dict[str, Any]:
     """Lab keys and the Open WebUI password, generated once (``.lab/gateway/keys.json``, mode 600)."""
     path = gateway_dir() / "keys.json"
     if path.exists():
-        return json.loads(path.read_text())
+        try:
+            keys = json.loads(path.read_text())
+            if not all(entry["alias"] and entry["key"] for entry in keys["keys"]):
+                raise ValueError("a key without alias or value")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LabError(
+                f"{path} is not a valid lab key file ({exc}). Fix: delete it (`rm {path}`) and restart the "
+                "gateway; new keys are generated, and clients holding old keys must take the new ones."
+            ) from None
+        return keys
     keys = {
         "master": f"sk-master-{secrets.token_hex(12)}",
         "keys": [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -89,43 +90,67 @@ def refused(stack: GatewayStack, alias: str | None, attempts: int, api_key: str 
 
 @dataclass(frozen=True)
 class FailoverResult:
-    """A bounded run of N requests during which one backend was killed."""
+    """A bounded run of N requests during which one backend was killed.
+
+    ``served`` lists, per request in the order sent, whether it started after the kill and which deployment
+    answered it (LiteLLM's ``x-litellm-model-id`` response header), or the error it got.
+    """
 
     sent: int
-    succeeded: int
-    errors: list[str]
-    served_before_kill: Counter[str]
-    served_after_kill: Counter[str]
     killed: str
+    kill_happened: bool
+    served: list[tuple[bool, str]]
+    errors: list[str]
+
+    @property
+    def succeeded(self) -> int:
+        """Requests that got an answer."""
+        return self.sent - len(self.errors)
+
+    @property
+    def started_after_kill(self) -> int:
+        """Requests sent once the backend was dead."""
+        return sum(1 for after, _ in self.served if after)
+
+    def served_by(self, after_kill: bool) -> Counter[str]:
+        """Which deployment answered the requests sent before (False) or after (True) the kill."""
+        return Counter(who for after, who in self.served if after == after_kill)
 
 
 def failover(
     stack: GatewayStack, requests: int = 16, kill_after: int = 4, concurrency: int = 4
 ) -> FailoverResult:
     """Kill backend A (SIGKILL, as in a crash) once ``kill_after`` requests finished; none may be lost."""
-    client, start = client_for(stack, timeout=120), time.time()
-    done: list[tuple[float, str | None]] = []
-    kill_time: list[float] = []
+    client = client_for(stack, timeout=120)
+    lock = threading.Lock()
+    finished = 0
+    killed = threading.Event()
+    served: list[tuple[bool, str]] = [(False, "")] * requests
+    errors: list[str] = []
 
     def one(i: int) -> None:
+        nonlocal finished
+        after = killed.is_set()
         try:
-            ask(client, f"Write one short sentence about the number {i}.", 24)
-            done.append((time.time(), None))
+            raw = client.chat.completions.with_raw_response.create(
+                model=MODEL_GROUP,
+                messages=[{"role": "user", "content": f"Write one short sentence about the number {i}."}],
+                max_tokens=24,
+                temperature=0,
+            )
+            served[i] = (after, raw.headers.get("x-litellm-model-id", "?"))
         except Exception as exc:  # counted, then reported: the point is that there are none
-            done.append((time.time(), f"{type(exc).__name__}: {exc}"))
-        if len(done) == kill_after and not kill_time:
-            kill_time.append(time.time())
-            stack.backends[0].kill()
+            served[i] = (after, "error")
+            with lock:
+                errors.append(f"request {i}: {type(exc).__name__}: {exc}")
+        with lock:  # count and kill under one lock: exactly one thread sees the threshold
+            finished += 1
+            if finished == kill_after:
+                stack.backends[0].kill()
+                killed.set()
 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(requests)))
-    records = [r for r in log_since(start) if r["status"] == "success"]
-    cut = kill_time[0] if kill_time else float("inf")
     return FailoverResult(
-        sent=requests,
-        succeeded=sum(1 for _, error in done if error is None),
-        errors=[error for _, error in done if error],
-        served_before_kill=Counter(backend_name(stack, r) for r in records if r["time"] < cut),
-        served_after_kill=Counter(backend_name(stack, r) for r in records if r["time"] >= cut + 1),
-        killed="vllm-a",
+        sent=requests, killed="vllm-a", kill_happened=killed.is_set(), served=served, errors=errors
     )

