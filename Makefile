@@ -42,7 +42,6 @@ QUANT_PKG     ?= llmcompressor==0.14.0.1
 OVERLAY       ?=
 ACCELERATOR   ?= cpu
 COMMA := ,
-NPM           := $(shell command -v npm 2>/dev/null)
 
 # $(call timed,LABEL,COMMAND): run COMMAND, print how long it took, keep the figure in .lab/timings.log.
 timed = start=$$(date +%s); $(2); rc=$$?; secs=$$(( $$(date +%s) - start )); \
@@ -73,14 +72,14 @@ GATEWAY_STAMP := $(GATEWAY_VENV)/.stamp-$(call pins,$(LITELLM_PKG),$(GATEWAY_CON
 WEBUI_STAMP   := $(WEBUI_VENV)/.stamp-$(call pins,$(WEBUI_PKG) $(CPU_TORCH),$(WEBUI_CONSTRAINTS))
 QUANT_STAMP   := $(QUANT_VENV)/.stamp-$(call pins,$(QUANT_PKG) $(CPU_TORCH),$(QUANT_CONSTRAINTS))
 
-.PHONY: help install model lab test lint unit slow notebooks bench clean distclean freeze-side gpu-smoke \
+.PHONY: help install model lab test lint unit slow notebooks bench clean distclean freeze-side gpu-smoke cluster-checks \
 	tools render validate preflight deploy undeploy gateway-install gateway browser quant-install
 
 print-%:  # make print-VAR shows a variable (the install tests read the stamps' names this way)
 	@echo '$($*)'
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	@echo "==> [1/4] creating the virtual environment $(VENV) with $(PYTHON)"
@@ -108,15 +107,7 @@ ifeq ($(LANE),cpu)
 endif
 	touch $@
 
-# CRD schemas for custom resources (ServiceMonitor, ...) come from @kubernetes-models npm packages.
-CRD_STAMP := tests/crd-validator/node_modules/.stamp
-$(CRD_STAMP): tests/crd-validator/package.json tests/crd-validator/package-lock.json
-	@echo "==> installing the CRD schema validator (npm ci in tests/crd-validator)"
-	@test -n "$(NPM)" || { echo "npm not found: install Node.js 18+ to validate custom resources"; exit 1; }
-	cd tests/crd-validator && $(NPM) ci --no-audit --no-fund --silent
-	touch $@
-
-install: $(PROJECT_STAMP) $(CRD_STAMP)  ## create .venv and install the lane (idempotent)
+install: $(PROJECT_STAMP)  ## create .venv and install the lane (idempotent)
 	@echo "==> install ready: $$($(BIN)/python -m vllm_workshop settings)"
 
 model: install  ## build the lab model once (models/SmolLM2-135M-Instruct)
@@ -147,7 +138,7 @@ gpu-smoke:  ## GPU lane: every notebook under nbval on the GPU, pass/fail and ti
 	$(MAKE) GPU=1 model
 	LAB_DEVICE=cuda .venv-gpu/bin/python scripts/gpu_smoke.py --cell-timeout $(CELL_TIMEOUT)
 
-test: gateway-install quant-install lint validate unit slow notebooks  ## install, then the whole suite (notebooks included)
+test: gateway-install quant-install lint validate cluster-checks unit slow notebooks  ## install, then the whole suite (notebooks included)
 	@echo "==> all checks passed"
 
 # Side venvs: LiteLLM alone; Open WebUI and llm-compressor with the CPU torch wheel (pinned in the same command,
@@ -189,19 +180,22 @@ gateway: model gateway-install  ## two vLLM servers + LiteLLM + Open WebUI, in t
 tools: install  ## find or install kubectl + helm (tools/bin, pinned)
 	$(BIN)/python -m vllm_workshop tools
 
-render: install  ## print an overlay's manifests: make render OVERLAY=gpu-llama31-8b
+render: tools  ## print an overlay's manifests: make render OVERLAY=gpu-llama31-8b
 	@$(BIN)/python -m vllm_workshop k8s render $(OVERLAY)
 
-validate: install  ## kustomize-build every overlay, schema-validate and policy-check it (no cluster needed)
+validate: tools  ## kustomize-build every overlay, schema-validate and policy-check it (no cluster needed)
 	$(BIN)/python -m vllm_workshop k8s validate $(OVERLAY)
 
-preflight: install  ## check kubectl, context, nodes, device plugins: make preflight ACCELERATOR=nvidia
+cluster-checks: tools  ## pre-apply checks: pods fit infra/'s nodes, vllm args parse, PSS at run time, HPA reach
+	$(BIN)/python -m vllm_workshop.cluster_checks $(OVERLAY)
+
+preflight: tools  ## check kubectl, context, nodes, device plugins: make preflight ACCELERATOR=nvidia
 	$(BIN)/python -m vllm_workshop preflight --accelerator $(ACCELERATOR)
 
-deploy: install  ## apply an overlay and wait for the rollout: make deploy OVERLAY=cpu-lab
+deploy: tools  ## apply an overlay and wait until it is ready: make deploy OVERLAY=cpu-lab
 	$(BIN)/python -m vllm_workshop k8s deploy $(OVERLAY)
 
-undeploy: install  ## delete what an overlay created: make undeploy OVERLAY=cpu-lab
+undeploy: tools  ## delete what an overlay created: make undeploy OVERLAY=cpu-lab
 	$(BIN)/python -m vllm_workshop k8s undeploy $(OVERLAY)
 
 bench: model  ## side-by-side benchmarks (ratios measured in one run)

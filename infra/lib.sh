@@ -13,6 +13,8 @@ KUBE_PROMETHEUS_STACK_VERSION="77.12.0"
 PROMETHEUS_ADAPTER_VERSION="5.2.0"
 LWS_VERSION="v0.7.0"
 KUBERAY_OPERATOR_VERSION="1.4.2"
+CLUSTER_AUTOSCALER_CHART_VERSION="9.38.0"
+CLUSTER_AUTOSCALER_IMAGE_TAG="v1.33.0"  # the autoscaler's minor version follows the cluster's (1.33)
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

@@ -53,3 +53,18 @@ def test_device_plugin_resources_are_counted_on_ready_nodes() -> None:
     missing = device_check("neuron", NODES)
     assert not missing.ok and "install-neuron-device-plugin.sh" in missing.detail
     assert str(Check("x", False, "why")) == "[FAIL] x: why"
+
+
+def test_pinned_download_has_a_timeout(monkeypatch, tmp_path) -> None:
+    seen = {}
+
+    def slow(command, **kwargs):
+        seen.update(kwargs)
+        raise subprocess.TimeoutExpired(command, kwargs["timeout"])
+
+    monkeypatch.setattr(kubetools.sys, "platform", "linux")
+    monkeypatch.setattr(kubetools.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(kubetools.subprocess, "run", slow)
+    with pytest.raises(kubetools.ToolError, match=f"within {kubetools.DOWNLOAD_TIMEOUT_S} s"):
+        kubetools.install_pinned(tmp_path)
+    assert 0 < seen["timeout"] <= 900

@@ -2,55 +2,82 @@
 
 from __future__ import annotations
 
-import copy
-
 import yaml
+from rendered import ROOT, objects, one
 
-from vllm_workshop import k8s, policy
-
-RENDERED = {
-    name: k8s.load_objects(k8s.render(name))
-    for name in ("lws-gpu-llama70b", "lws-inf2-llama70b", "kuberay-gpu-qwen")
-}
+from vllm_workshop import k8s, operators, policy
 
 
-def one(objects: list[dict], kind: str) -> dict:
-    (found,) = [o for o in objects if o["kind"] == kind]
-    return found
-
-
-def test_lws_leader_serves_with_tp_inside_and_pp_across_nodes() -> None:
-    lws = one(RENDERED["lws-gpu-llama70b"], "LeaderWorkerSet")
+def test_lws_runs_vllms_own_multi_node_executor_with_tp_inside_and_pp_across_nodes() -> None:
+    objs = objects("lws-gpu-llama70b")
+    lws = one(objs, "LeaderWorkerSet")
     template = lws["spec"]["leaderWorkerTemplate"]
     leader = template["leaderTemplate"]["spec"]["containers"][0]
     worker = template["workerTemplate"]["spec"]["containers"][0]
-    script = leader["args"][0]
-    assert template["size"] == 2
-    assert "ray start --head" in script
-    assert '--pipeline-parallel-size="${LWS_GROUP_SIZE}"' in script
-    assert '--tensor-parallel-size="${TENSOR_PARALLEL_SIZE}"' in script
-    assert "--distributed-executor-backend=ray" in script
-    assert "${LWS_LEADER_ADDRESS}:6379" in worker["args"][0]
+    assert template["size"] == 2 and template["restartPolicy"] == "RecreateGroupOnPodRestart"
     for container in (leader, worker):
+        assert container["command"] == ["vllm", "serve"]
+        assert {
+            "--tensor-parallel-size=$(TENSOR_PARALLEL_SIZE)",
+            "--pipeline-parallel-size=$(LWS_GROUP_SIZE)",
+            "--nnodes=$(LWS_GROUP_SIZE)",
+            "--node-rank=$(LWS_WORKER_INDEX)",
+            "--master-addr=$(LWS_LEADER_ADDRESS)",
+            "--distributed-executor-backend=mp",
+        } <= set(container["args"])
         resources = container["resources"]
         assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == "4"
-    config = one(RENDERED["lws-gpu-llama70b"], "ConfigMap")
+    assert "--headless" in worker["args"] and "--headless" not in leader["args"]
+    assert not policy.serves_vllm(worker) and policy.serves_vllm(leader)
+    config = one(objs, "ConfigMap")
     assert config["data"]["TENSOR_PARALLEL_SIZE"] == "4"
     assert leader["envFrom"][0]["configMapRef"]["name"] == config["metadata"]["name"]
-    service = one(RENDERED["lws-gpu-llama70b"], "Service")
-    assert service["spec"]["selector"]["role"] == "leader"
+    assert one(objs, "Service")["spec"]["selector"]["role"] == "leader"
 
 
-def test_lws_neuron_variant() -> None:
-    lws = one(RENDERED["lws-inf2-llama70b"], "LeaderWorkerSet")
-    leader = lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]
-    assert leader["containers"][0]["resources"]["limits"]["aws.amazon.com/neuroncore"] == "24"
-    assert "neuronx" in leader["containers"][0]["image"]
-    assert one(RENDERED["lws-inf2-llama70b"], "ConfigMap")["data"]["TENSOR_PARALLEL_SIZE"] == "24"
+def test_lws_workers_wait_for_the_leader_instead_of_restarting_the_group() -> None:
+    # The old worker ran `exec ray start --address=...` once: started before the leader it exited, and
+    # RecreateGroupOnPodRestart restarted the whole group, in a loop. A headless vLLM worker waits for the
+    # leader's torch.distributed store for --distributed-timeout-seconds instead.
+    objs = objects("lws-gpu-llama70b")
+    (worker,) = [p for p in operators.runtime_pods(objs) if p.role == "worker"]
+    container = worker.spec["containers"][0]
+    assert "ray start" not in " ".join(policy.command_line(container))
+    assert "--distributed-timeout-seconds=$(DISTRIBUTED_TIMEOUT_SECONDS)" in container["args"]
+    assert int(one(objs, "ConfigMap")["data"]["DISTRIBUTED_TIMEOUT_SECONDS"]) >= 1800
+    assert worker.env["LWS_WORKER_INDEX"] == "1" and worker.env["LWS_GROUP_SIZE"] == "2"
+
+
+def test_lws_pods_share_a_model_cache_and_bound_their_scratch_space() -> None:
+    objs = objects("lws-gpu-llama70b")
+    claim = one(objs, "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for pod in operators.runtime_pods(objs):
+        container = pod.spec["containers"][0]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod.spec["volumes"]}
+        assert volumes["model-cache"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["HF_HOME"].startswith(mounts["model-cache"])
+        assert (
+            volumes["tmp"]["emptyDir"]["sizeLimit"] == container["resources"]["requests"]["ephemeral-storage"]
+        )
+
+
+def test_neuron_70b_is_one_inf2_48xlarge_with_tensor_parallel_16() -> None:
+    objs = objects("inf2-llama31-70b")
+    spec = one(objs, "Deployment")["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    assert spec["nodeSelector"]["node.kubernetes.io/instance-type"] == "inf2.48xlarge"
+    assert container["resources"]["limits"]["aws.amazon.com/neuroncore"] == "16"
+    assert "neuronx" in container["image"]
+    data = one(objs, "ConfigMap")["data"]
+    assert (data["MODEL"], data["TENSOR_PARALLEL_SIZE"]) == ("meta-llama/Llama-3.1-70B-Instruct", "16")
+    assert not [o for o in objs if o["kind"] == "LeaderWorkerSet"]
 
 
 def test_rayservice_serves_ray_serve_llm_with_autoscaling() -> None:
-    service = one(RENDERED["kuberay-gpu-qwen"], "RayService")
+    service = one(objects("kuberay-gpu-qwen"), "RayService")
     serve = yaml.safe_load(service["spec"]["serveConfigV2"])
     app = serve["applications"][0]
     assert app["import_path"] == "ray.serve.llm:build_openai_app"
@@ -65,22 +92,36 @@ def test_rayservice_serves_ray_serve_llm_with_autoscaling() -> None:
     assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
 
 
+def test_ray_workers_declare_the_accelerator_type_serve_asks_for() -> None:
+    service = one(objects("kuberay-gpu-qwen"), "RayService")
+    llm = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["llm_configs"][0]
+    (group,) = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    # The format Ray's KubeRay autoscaler reads (autoscaling_config.py, _get_custom_resources): '"{...}"'.
+    declared = yaml.safe_load(group["rayStartParams"]["resources"][1:-1].replace("\\", ""))
+    assert declared == {f"accelerator_type:{llm['accelerator_type']}": 1}
+
+
 def test_multinode_overlays_validate_and_pass_policy() -> None:
-    for name, objects in RENDERED.items():
-        report = k8s.validate_objects(name, objects)
+    for name in ("lws-gpu-llama70b", "kuberay-gpu-qwen", "inf2-llama31-70b"):
+        objs = objects(name)
+        report = k8s.validate_objects(name, objs)
         assert report.ok, report.summary()
-        assert not any(policy.check_all(objects).values()), name
+        assert not any(policy.check_all(objs).values()), name
 
 
 def test_operator_validation_catches_mistakes() -> None:
-    lws = copy.deepcopy(one(RENDERED["lws-gpu-llama70b"], "LeaderWorkerSet"))
+    lws = one(objects("lws-gpu-llama70b"), "LeaderWorkerSet")
     lws["spec"]["leaderWorkerTemplate"]["sise"] = 2  # typo in the CR
     worker = lws["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]["containers"][0]
     worker["ports"] = [{"containerPort": "x"}]
     error = k8s.validate_operator_resource(lws)
     assert error and "sise" in error and "pod template" in error
 
-    ray = copy.deepcopy(one(RENDERED["kuberay-gpu-qwen"], "RayService"))
+    ray = one(objects("kuberay-gpu-qwen"), "RayService")
+    options = ray["spec"]["rayClusterConfig"]["autoscalerOptions"]
+    options["securityContex"] = options.pop("securityContext")  # typo: the sidecar would get no context
+    assert "'securityContex' was unexpected" in k8s.validate_operator_resource(ray)
+    options["securityContext"] = options.pop("securityContex")
     serve = yaml.safe_load(ray["spec"]["serveConfigV2"])
     serve["applications"][0]["args"]["llm_configs"][0]["model_loading_config"].pop("model_id")
     ray["spec"]["serveConfigV2"] = yaml.safe_dump(serve)
@@ -89,11 +130,8 @@ def test_operator_validation_catches_mistakes() -> None:
 
 
 def test_operator_install_scripts_pin_versions() -> None:
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    lib = (root / "infra/lib.sh").read_text()
+    lib = (ROOT / "infra/lib.sh").read_text()
     assert 'LWS_VERSION="v' in lib and 'KUBERAY_OPERATOR_VERSION="' in lib
     for script in ("install-lws.sh", "install-kuberay.sh"):
-        text = (root / "infra/operators" / script).read_text()
+        text = (ROOT / "infra/operators" / script).read_text()
         assert "VERSION" in text and "require_cluster" in text

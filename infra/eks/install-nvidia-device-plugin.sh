@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# NVIDIA device plugin (pinned chart): advertises nvidia.com/gpu on the GPU nodes.
+# NVIDIA device plugin (pinned chart): advertises nvidia.com/gpu on the GPU nodes. The chart's default node
+# affinity only admits nodes labelled nvidia.com/gpu.present=true (or NFD's PCI labels): the GPU node groups
+# carry that label (infra/eks/cluster.yaml).
 source "$(dirname "$0")/../lib.sh"
 require_cluster
 HELM="$(helm_bin)"

@@ -1,9 +1,11 @@
 """Kustomize overlays: render, validate offline, check policy, and apply only when a cluster is configured.
 
 Built-in kinds are validated against the Kubernetes OpenAPI schema of a pinned version
-(``kubernetes-validate``); custom resources against the CRD schemas shipped in ``@kubernetes-models``
-npm packages (``tests/crd-validator``). Nothing here pretends to have applied: without a reachable
-cluster the apply functions raise :class:`ClusterNotConfiguredError`.
+(``kubernetes-validate``); custom resources against JSON schemas kept in ``infra/operators/schemas`` (the
+ServiceMonitor one converted from the prometheus-operator CRD, the LeaderWorkerSet and RayService ones
+hand-written). Rendering never writes files: Secrets are not part of any overlay; :func:`deploy` creates the
+ones the pods refer to (:data:`CLUSTER_SECRETS`) in the cluster. Nothing here pretends to have applied:
+without a reachable cluster the apply functions raise :class:`ClusterNotConfiguredError`.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from vllm_workshop.kubetools import find_kubectl
 from vllm_workshop.paths import project_root
 
 KUBERNETES_VERSION = "1.33.0"  # schema version the manifests must satisfy (EKS standard support)
-CRD_VALIDATOR = Path("tests/crd-validator")
+RENDER_TIMEOUT_S = 120
 
 
 class RenderError(LabError):
@@ -54,35 +56,11 @@ def overlay_path(name: str | os.PathLike[str]) -> Path:
     return matches[0]
 
 
-def _local_value(key: str) -> str:
-    """Value for a local secret file: the environment's, else empty (HF token) or a fresh random one."""
-    if os.environ.get(key):
-        return os.environ[key]
-    if key == "HF_TOKEN":
-        return ""  # public models need none; gated ones fail with the hub's 401 until you set it
-    prefix = "sk-" if key.endswith("MASTER_KEY") else ""
-    return prefix + secrets.token_hex(16)
-
-
-def ensure_local_env_files() -> list[Path]:
-    """Create missing git-ignored ``components/*/*.env`` files from their templates (never overwrites)."""
-    created = []
-    for example in sorted((project_root() / "components").glob("*/*.env.example")):
-        target = example.with_name(example.name.removesuffix(".example"))
-        if target.exists():
-            continue
-        keys = [line.split("=", 1)[0] for line in example.read_text().splitlines() if "=" in line]
-        target.write_text("".join(f"{key}={_local_value(key)}\n" for key in keys))
-        target.chmod(0o600)
-        created.append(target)
-    return created
-
-
-def render(overlay: str | os.PathLike[str]) -> str:
-    """``kubectl kustomize`` of an overlay, as YAML text."""
-    ensure_local_env_files()
+def render(overlay: str | os.PathLike[str], kubectl: str | None = None) -> str:
+    """``kubectl kustomize`` of an overlay, as YAML text (installs nothing: ``make tools`` does)."""
     path = overlay_path(overlay)
-    done = subprocess.run([find_kubectl(), "kustomize", str(path)], capture_output=True, text=True)
+    command = [kubectl or find_kubectl(install=False), "kustomize", str(path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=RENDER_TIMEOUT_S)
     if done.returncode != 0:
         raise RenderError(f"kustomize failed for {path}:\n{done.stderr.strip()}")
     return done.stdout
@@ -132,23 +110,20 @@ def validate_builtin(obj: dict[str, Any], version: str = KUBERNETES_VERSION) -> 
     return None
 
 
-def validate_custom(objects: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
-    """CRD-schema results (``status``, ``error``) for custom resources, keyed by ``Kind/name``."""
-    folder = project_root() / CRD_VALIDATOR
-    node = shutil.which("node")
-    if not objects:
-        return {}
-    if node is None or not (folder / "node_modules").exists():
-        raise LabError(
-            "Custom resources need the CRD validator: Node.js and `npm ci --prefix tests/crd-validator` "
-            "(run by `make install`)."
-        )
-    done = subprocess.run(
-        [node, str(folder / "validate.mjs")], input=json.dumps(objects), capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        raise LabError(f"CRD validator failed: {done.stderr.strip()}")
-    return {f"{row['kind']}/{row['name']}": row for row in json.loads(done.stdout)}
+CUSTOM_SCHEMAS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-v1.json",
+}
+
+
+def validate_custom(obj: dict[str, Any]) -> str | None:
+    """Schema error of a custom resource against its vendored schema (``infra/operators/schemas``)."""
+    import jsonschema
+
+    name = CUSTOM_SCHEMAS.get((obj.get("apiVersion"), obj.get("kind")))
+    if name is None:
+        return f"no schema for {obj.get('apiVersion')} {obj.get('kind')}"
+    errors = jsonschema.Draft202012Validator(_schema(name)).iter_errors(obj)
+    return "; ".join(f"{e.message} at {'/'.join(str(p) for p in e.path)}" for e in errors) or None
 
 
 OPERATOR_SCHEMAS = {
@@ -195,9 +170,8 @@ def validate_operator_resource(obj: dict[str, Any], version: str = KUBERNETES_VE
 
 
 def validate_objects(name: str, objects: list[dict[str, Any]]) -> ValidationReport:
-    """Validate every object: built-ins against the pinned Kubernetes schema, the rest against CRD schemas."""
+    """Validate every object: built-ins against the pinned Kubernetes schema, the rest against theirs."""
     report = ValidationReport(overlay=name)
-    custom = []
     for obj in objects:
         if (obj.get("apiVersion"), obj.get("kind")) in OPERATOR_SCHEMAS:
             error = validate_operator_resource(obj)
@@ -205,19 +179,11 @@ def validate_objects(name: str, objects: list[dict[str, Any]]) -> ValidationRepo
             try:
                 error = validate_builtin(obj)
             except KeyError:
-                custom.append(obj)
-                continue
+                error = validate_custom(obj)
         if error:
             report.errors[object_id(obj)] = error
         else:
             report.valid.append(object_id(obj))
-    for key, row in validate_custom(custom).items():
-        if row["status"] == "valid":
-            report.valid.append(key)
-        elif row["status"] == "unknown":
-            report.errors[key] = f"no schema for {row['apiVersion']} {row['kind']}"
-        else:
-            report.errors[key] = row.get("error", "invalid")
     return report
 
 
@@ -237,17 +203,23 @@ def cluster_status() -> tuple[bool, str]:
         return False, f"no kubeconfig ({kubeconfig} does not exist; set KUBECONFIG to use a cluster)"
     try:
         kubectl = find_kubectl()
+        done = subprocess.run(
+            [kubectl, "version", "-o", "json", "--request-timeout=10s"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        server = json.loads(done.stdout)["serverVersion"]["gitVersion"]
     except LabError as exc:
         return False, str(exc)
-    done = subprocess.run(
-        [kubectl, "version", "-o", "json", "--request-timeout=10s"], capture_output=True, text=True
-    )
-    try:
-        server = json.loads(done.stdout)["serverVersion"]["gitVersion"]
+    except subprocess.TimeoutExpired:
+        return False, f"the cluster in {kubeconfig} is not reachable: kubectl version timed out"
     except (ValueError, KeyError):
         reason = (done.stderr.strip().splitlines() or ["no answer"])[-1]
         return False, f"the cluster in {kubeconfig} is not reachable: {reason}"
-    context = subprocess.run([kubectl, "config", "current-context"], capture_output=True, text=True)
+    context = subprocess.run(
+        [kubectl, "config", "current-context"], capture_output=True, text=True, timeout=30
+    )
     return True, f"context {context.stdout.strip()} (Kubernetes {server})"
 
 
@@ -263,32 +235,163 @@ def require_cluster() -> str:
     return find_kubectl()
 
 
-def kubectl_run(args: list[str], stdin: str | None = None, timeout: float = 900) -> str:
-    """Run kubectl against the configured cluster and return stdout (raises with stderr on failure)."""
-    kubectl = require_cluster()
+def _kubectl(kubectl: str, args: list[str], stdin: str | None = None, timeout: float = 900) -> str:
     done = subprocess.run([kubectl, *args], input=stdin, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise LabError(f"kubectl {' '.join(args)} failed:\n{done.stderr.strip()}")
     return done.stdout
 
 
-def deploy(overlay: str | os.PathLike[str], wait: bool = True, timeout_s: int = 1800) -> str:
-    """Apply an overlay and wait for the vLLM rollout; returns kubectl's output."""
-    text = render(overlay)
-    out = kubectl_run(["apply", "--server-side", "-f", "-"], stdin=text)
-    if wait:
-        namespaces = {o["metadata"].get("namespace") for o in load_objects(text) if o["kind"] == "Deployment"}
-        for namespace in sorted(n for n in namespaces if n):
-            out += kubectl_run(
-                ["-n", namespace, "rollout", "status", "deployment/vllm", f"--timeout={timeout_s}s"],
-                timeout=timeout_s + 60,
+def kubectl_run(args: list[str], stdin: str | None = None, timeout: float = 900) -> str:
+    """Run kubectl against the configured cluster and return stdout (raises with stderr on failure)."""
+    return _kubectl(require_cluster(), args, stdin, timeout)
+
+
+@dataclass(frozen=True)
+class ClusterSecret:
+    """A Secret that pods refer to but no overlay contains: ``make deploy`` creates it in the namespace."""
+
+    key: str  # the Secret's key, and the environment variable that can provide its value
+    generate: str | None  # prefix of a random value made when neither the environment nor the cluster has one
+
+
+CLUSTER_SECRETS = {
+    "hf-token": ClusterSecret("HF_TOKEN", None),  # optional in every pod: public models need no token
+    "litellm-master-key": ClusterSecret("LITELLM_MASTER_KEY", "sk-"),
+    "open-webui-secret": ClusterSecret("WEBUI_SECRET_KEY", ""),
+}
+
+
+def secret_references(node: Any) -> set[str]:
+    """Names of the Secrets a manifest refers to (``secretKeyRef``, ``secretRef``, ``secret`` volumes)."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("secretKeyRef", "secretRef") and isinstance(value, dict) and "name" in value:
+                found.add(value["name"])
+            elif key == "secret" and isinstance(value, dict) and "secretName" in value:
+                found.add(value["secretName"])
+            else:
+                found |= secret_references(value)
+    elif isinstance(node, list):
+        for item in node:
+            found |= secret_references(item)
+    return found
+
+
+def ensure_secrets(
+    kubectl: str, objects: list[dict[str, Any]], env: dict[str, str] | None = None
+) -> list[str]:
+    """Create the :data:`CLUSTER_SECRETS` the objects refer to, in their namespaces; one line per Secret.
+
+    A value in the environment (``HF_TOKEN``, ``LITELLM_MASTER_KEY``, ``WEBUI_SECRET_KEY``) is applied;
+    without one an existing Secret is kept, a missing one gets a random value, and the optional ``hf-token``
+    is left out.
+    """
+    env = dict(os.environ) if env is None else env
+    wanted = {
+        (obj["metadata"].get("namespace", "default"), name)
+        for obj in objects
+        for name in secret_references(obj.get("spec", {}))
+        if name in CLUSTER_SECRETS
+    }
+    lines = []
+    for namespace, name in sorted(wanted):
+        spec = CLUSTER_SECRETS[name]
+        value = env.get(spec.key, "")
+        if not value:
+            found = _kubectl(
+                kubectl, ["-n", namespace, "get", "secret", name, "--ignore-not-found", "-o", "name"]
             )
+            if found.strip():
+                lines.append(f"secret/{name}: kept")
+                continue
+            if spec.generate is None:
+                lines.append(f"secret/{name}: not created (set {spec.key} for gated models)")
+                continue
+            value = spec.generate + secrets.token_hex(16)
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/part-of": "vllm-workshop"},
+            },
+            "type": "Opaque",
+            "stringData": {spec.key: value},
+        }
+        _kubectl(kubectl, ["apply", "-f", "-"], stdin=json.dumps(secret))
+        lines.append(f"secret/{name}: {'from $' + spec.key if env.get(spec.key) else 'created'}")
+    return lines
+
+
+def wait_commands(objects: list[dict[str, Any]], timeout_s: int) -> list[list[str]]:
+    """kubectl commands that return when each workload of an overlay is ready (or fail at the timeout)."""
+    commands = []
+    for obj in objects:
+        namespace, name = obj["metadata"].get("namespace", "default"), obj["metadata"]["name"]
+        kind = obj["kind"]
+        if kind in ("Deployment", "StatefulSet"):
+            commands.append(
+                ["-n", namespace, "rollout", "status", f"{kind.lower()}/{name}", f"--timeout={timeout_s}s"]
+            )
+        elif kind == "LeaderWorkerSet":  # Available: every group's leader and workers are ready
+            commands.append(
+                [
+                    "-n",
+                    namespace,
+                    "wait",
+                    "--for=condition=Available",
+                    f"leaderworkerset/{name}",
+                    f"--timeout={timeout_s}s",
+                ]
+            )
+        elif kind == "RayService":  # Ready: the Ray cluster runs and the Serve applications are healthy
+            commands.append(
+                [
+                    "-n",
+                    namespace,
+                    "wait",
+                    "--for=condition=Ready",
+                    f"rayservice/{name}",
+                    f"--timeout={timeout_s}s",
+                ]
+            )
+    return commands
+
+
+def deploy(overlay: str | os.PathLike[str], wait: bool = True, timeout_s: int = 1800) -> str:
+    """Apply an overlay (namespaces, the Secrets its pods need, then the rest) and wait until it is ready.
+
+    Waits for every Deployment and StatefulSet rollout, every LeaderWorkerSet (condition Available) and every
+    RayService (condition Ready) the overlay creates, within ``timeout_s`` in total.
+    """
+    kubectl = require_cluster()
+    text = render(overlay, kubectl)
+    objects = load_objects(text)
+    namespaces = [o for o in objects if o["kind"] == "Namespace"]
+    out = ""
+    if namespaces:
+        out += _kubectl(kubectl, ["apply", "--server-side", "-f", "-"], stdin=yaml.safe_dump_all(namespaces))
+    out += "".join(f"{line}\n" for line in ensure_secrets(kubectl, objects))
+    out += _kubectl(kubectl, ["apply", "--server-side", "-f", "-"], stdin=text)
+    if wait:
+        deadline = time.monotonic() + timeout_s
+        for command in wait_commands(objects, timeout_s):
+            left = max(1, int(deadline - time.monotonic()))
+            command = [
+                part if not part.startswith("--timeout=") else f"--timeout={left}s" for part in command
+            ]
+            out += _kubectl(kubectl, command, timeout=left + 60)
     return out
 
 
 def undeploy(overlay: str | os.PathLike[str]) -> str:
-    """Delete what an overlay created (the namespace last, PVCs included)."""
-    return kubectl_run(["delete", "--ignore-not-found", "--wait=true", "-f", "-"], stdin=render(overlay))
+    """Delete what an overlay created (the namespace last, PVCs and the Secrets in it included)."""
+    kubectl = require_cluster()
+    text = render(overlay, kubectl)
+    return _kubectl(kubectl, ["delete", "--ignore-not-found", "--wait=true", "-f", "-"], stdin=text)
 
 
 def port_forward(namespace: str = "vllm-workshop", service: str = "vllm", remote_port: int = 8000) -> Any:

