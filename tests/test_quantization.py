@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from vllm_workshop.kvcache import GIB
-from vllm_workshop.quant_math import MODEL_PARAMS, PRECISIONS, Precision, gpu_fit, shape_for, weight_bytes
+from vllm_workshop.quant_math import (
+    MODEL_PARAMS,
+    PRECISIONS,
+    Precision,
+    gpu_fit,
+    model_weight_bytes,
+    shape_for,
+    weight_bytes,
+)
 from vllm_workshop.quantize import VariantResult
 
 BY_NAME = {p.name: p for p in PRECISIONS}
@@ -13,30 +21,39 @@ BY_NAME = {p.name: p for p in PRECISIONS}
 
 def test_bytes_per_param() -> None:
     assert BY_NAME["fp32"].bytes_per_param == 4
-    assert BY_NAME["bf16 / fp16"].bytes_per_param == 2
-    assert BY_NAME["INT8 (W8A8 / W8A16)"].bytes_per_param == 1
+    assert BY_NAME["bf16"].bytes_per_param == 2
+    assert BY_NAME["int8"].bytes_per_param == 1
     # 4 bits + (16-bit scale + 4-bit zero point) / 128 weights = 4.15625 bits
-    assert BY_NAME["INT4 AWQ / GPTQ (g128)"].bytes_per_param == pytest.approx(4.15625 / 8)
+    assert BY_NAME["awq"].bytes_per_param == pytest.approx(4.15625 / 8)
     assert Precision("x", 4, 32, 16).bytes_per_param == pytest.approx(0.5625)
+    assert [p.name for p in PRECISIONS][1:5:3] == ["bf16", "awq"]  # notebook 03 indexes 1 (bf16) and 4 (INT4)
 
 
 def test_weight_memory_of_real_models() -> None:
+    # Published parameter counts (Hugging Face model pages)
+    assert MODEL_PARAMS["Llama-3.1-8B"] == 8_030_261_248 and MODEL_PARAMS["Llama-3.1-70B"] == 70_553_706_496
     llama8b, llama70b = MODEL_PARAMS["Llama-3.1-8B"], MODEL_PARAMS["Llama-3.1-70B"]
-    assert weight_bytes(llama8b, BY_NAME["bf16 / fp16"]) / GIB == pytest.approx(14.96, abs=0.01)
-    assert weight_bytes(llama70b, BY_NAME["bf16 / fp16"]) / GIB == pytest.approx(131.4, abs=0.1)
-    assert weight_bytes(llama70b, BY_NAME["INT4 AWQ / GPTQ (g128)"]) / GIB == pytest.approx(34.14, abs=0.01)
+    assert weight_bytes(llama8b, BY_NAME["bf16"]) / GIB == pytest.approx(14.96, abs=0.01)
+    assert weight_bytes(llama70b, BY_NAME["bf16"]) / GIB == pytest.approx(131.4, abs=0.1)
+    assert model_weight_bytes("Llama-3.1-70B", BY_NAME["bf16"]) == 70_553_706_496 * 2
+    # INT4 keeping the embedding and LM head in 16 bits: linear weights 80 x (2 x 8192^2 + 2 x 1024 x 8192
+    # + 3 x 8192 x 28672) = 68,451,041,280 at 4.15625 bits = 35,562,455,040 B; embedding + LM head
+    # 2 x 128256 x 8192 x 2 B = 4,202,692,608 B; norms (80 x 2 + 1) x 8192 x 2 B = 2,637,824 B
+    # -> 39,767,785,472 B = 37.04 GiB, not the 34.14 GiB of "every parameter at 4.16 bits".
+    assert weight_bytes(llama70b, BY_NAME["awq"]) / GIB == pytest.approx(34.14, abs=0.01)
+    assert model_weight_bytes("Llama-3.1-70B", BY_NAME["awq"]) == 39_767_785_472
 
 
 def test_gpu_fit() -> None:
-    bf16, int4 = BY_NAME["bf16 / fp16"], BY_NAME["INT4 AWQ / GPTQ (g128)"]
+    bf16, int4 = BY_NAME["bf16"], BY_NAME["awq"]
     shape = shape_for("Llama-3.1-8B")
-    on_l4 = gpu_fit(MODEL_PARAMS["Llama-3.1-8B"], bf16, shape, "L4 (24 GB)")
-    # 8 x 8192 tokens x 128 KiB = 8 GiB of KV: 15 + 8 + 1 > 20.25 usable
+    on_l4 = gpu_fit(shape, bf16, "L4 (24 GB)")
+    # 8 x 8192 tokens x 128 KiB = 8 GiB of KV: 15 + 8 > 20.25 usable
     assert on_l4.kv_gib == pytest.approx(8.0) and not on_l4.fits
-    assert gpu_fit(MODEL_PARAMS["Llama-3.1-8B"], int4, shape, "L4 (24 GB)").fits
+    assert gpu_fit(shape, int4, "L4 (24 GB)").fits  # 5.3 + 8 + ~2.6 reserve <= 20.25
     seventy = shape_for("Llama-3.1-70B")
-    assert not gpu_fit(MODEL_PARAMS["Llama-3.1-70B"], bf16, seventy, "A100/H100 80GB").fits
-    assert gpu_fit(MODEL_PARAMS["Llama-3.1-70B"], int4, seventy, "A100/H100 80GB").fits
+    assert not gpu_fit(seventy, bf16, "A100/H100 80GB").fits
+    assert gpu_fit(seventy, int4, "A100/H100 80GB").fits  # 37.1 + 20 + ~5.9 <= 71.3
 
 
 def test_agreement_measures() -> None:

@@ -1,107 +1,55 @@
-"""KV cache arithmetic: bytes per token, capacity of a memory budget, and static vs paged allocation waste."""
+"""KV cache lesson helpers: static vs paged allocation waste, plus the KV arithmetic notebook 02 imports.
+
+The arithmetic itself (bytes per token, capacity of a budget, model shapes) lives in
+:mod:`vllm_workshop.planning`, the one place where lane-dependent numbers are derived; the names are
+re-exported here because the notebook imports them from this module.
+"""
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-GIB = 1024**3
-DTYPE_BYTES = {
-    "float32": 4,
-    "fp32": 4,
-    "bfloat16": 2,
-    "bf16": 2,
-    "float16": 2,
-    "fp16": 2,
-    "fp8": 1,
-    "int8": 1,
-}
-
-
-@dataclass(frozen=True)
-class AttentionShape:
-    """What the KV cache size depends on: layers, KV heads and head size (not the query heads)."""
-
-    name: str
-    num_layers: int
-    num_attention_heads: int
-    num_kv_heads: int
-    head_dim: int
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any], name: str = "model") -> AttentionShape:
-        """Read a Hugging Face ``config.json`` dict (Llama, Qwen2, Mistral, Mixtral style)."""
-        heads = int(config["num_attention_heads"])
-        head_dim = config.get("head_dim") or config["hidden_size"] // heads
-        return cls(
-            name=name,
-            num_layers=int(config["num_hidden_layers"]),
-            num_attention_heads=heads,
-            num_kv_heads=int(config.get("num_key_value_heads", heads)),
-            head_dim=int(head_dim),
-        )
-
-    @classmethod
-    def from_model_dir(cls, folder: str | Path) -> AttentionShape:
-        """Read ``config.json`` from a model folder."""
-        path = Path(folder)
-        return cls.from_config(json.loads((path / "config.json").read_text()), name=path.name)
-
-    @property
-    def gqa_group(self) -> int:
-        """Query heads sharing one KV head (1: classic multi-head attention)."""
-        return self.num_attention_heads // self.num_kv_heads
-
-
-# Published configs (config.json of each model on the Hugging Face hub).
-REFERENCE_MODELS = (
-    AttentionShape("Llama-3.1-8B", num_layers=32, num_attention_heads=32, num_kv_heads=8, head_dim=128),
-    AttentionShape("Llama-3.1-70B", num_layers=80, num_attention_heads=64, num_kv_heads=8, head_dim=128),
-    AttentionShape("Qwen2.5-7B", num_layers=28, num_attention_heads=28, num_kv_heads=4, head_dim=128),
-    AttentionShape("Mixtral-8x7B", num_layers=32, num_attention_heads=32, num_kv_heads=8, head_dim=128),
+from vllm_workshop.planning import (
+    DTYPE_BYTES,
+    GIB,
+    Capacity,
+    capacity,
+    dtype_bytes,
+    human_bytes,
+    kv_bytes_per_token,
+    model_shape,
+    naive_kv_bytes_per_token,
 )
+from vllm_workshop.planning import ModelShape as AttentionShape
 
+__all__ = [
+    "DTYPE_BYTES",
+    "GIB",
+    "REFERENCE_MODELS",
+    "AllocationWaste",
+    "AttentionShape",
+    "Capacity",
+    "capacity",
+    "dtype_bytes",
+    "human_bytes",
+    "kv_bytes_per_token",
+    "naive_kv_bytes_per_token",
+    "paged_allocation",
+    "static_allocation",
+]
 
-def dtype_bytes(dtype: str) -> int:
-    """Bytes per element of a KV cache dtype name."""
-    try:
-        return DTYPE_BYTES[dtype.lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPE_BYTES)}") from None
-
-
-def kv_bytes_per_token(shape: AttentionShape, dtype: str = "bfloat16") -> int:
-    """K and V, for every layer, for every KV head: ``2 * layers * kv_heads * head_dim * bytes``."""
-    return 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * dtype_bytes(dtype)
-
-
-def naive_kv_bytes_per_token(shape: AttentionShape, dtype: str = "bfloat16") -> int:
-    """The common mistake: counting every attention (query) head, as if there were no GQA."""
-    return 2 * shape.num_layers * shape.num_attention_heads * shape.head_dim * dtype_bytes(dtype)
-
-
-@dataclass(frozen=True)
-class Capacity:
-    """How much a KV cache budget holds."""
-
-    budget_bytes: int
-    bytes_per_token: int
-    block_size: int
-    tokens: int
-    blocks: int
-    full_length_sequences: int
-
-
-def capacity(budget_bytes: int, bytes_per_token: int, max_model_len: int, block_size: int = 16) -> Capacity:
-    """Tokens and blocks a budget holds, and how many sequences of ``max_model_len`` fit at once."""
-    blocks = budget_bytes // (bytes_per_token * block_size)
-    tokens = blocks * block_size
-    per_sequence = math.ceil(max_model_len / block_size)
-    return Capacity(budget_bytes, bytes_per_token, block_size, tokens, blocks, blocks // per_sequence)
+# Published configs (config.json of each model on the Hugging Face hub, via planning's shape table).
+REFERENCE_MODELS = tuple(
+    model_shape(hub_id)
+    for hub_id in (
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "meta-llama/Llama-3.1-70B-Instruct",
+        "Qwen/Qwen2.5-7B-Instruct",
+        "mistralai/Mixtral-8x7B-Instruct-v0.1",
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -131,12 +79,3 @@ def paged_allocation(lengths: Iterable[int], block_size: int) -> AllocationWaste
     lengths = list(lengths)
     reserved = sum(math.ceil(n / block_size) * block_size for n in lengths)
     return AllocationWaste(f"paged (blocks of {block_size})", sum(lengths), reserved)
-
-
-def human_bytes(value: float) -> str:
-    """``46080`` -> ``'45.0 KiB'``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
-    raise AssertionError("unreachable")

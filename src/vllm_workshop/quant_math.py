@@ -1,46 +1,39 @@
-"""Weight memory per precision, and which GPU holds a model with room left for the KV cache."""
+"""Module 3 memory math: weight memory per precision, and which GPU holds a model with room for its KV cache.
+
+The formulas live in :mod:`vllm_workshop.planning` (weight schemes, weight memory after load with embeddings
+and LM head kept in 16 bits, the GPU budget); this module keeps the names notebook 03 imports.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vllm_workshop.kvcache import GIB, REFERENCE_MODELS, AttentionShape, kv_bytes_per_token
-
-
-@dataclass(frozen=True)
-class Precision:
-    """Storage cost of one weight, including the per-group scales and zero points 4-bit formats carry."""
-
-    name: str
-    bits: float
-    group_size: int | None = None  # weights sharing one scale (+ zero point)
-    overhead_bits_per_group: float = 0.0
-
-    @property
-    def bytes_per_param(self) -> float:
-        """Average bytes per weight."""
-        overhead = self.overhead_bits_per_group / self.group_size if self.group_size else 0.0
-        return (self.bits + overhead) / 8
-
-
-PRECISIONS = (
-    Precision("fp32", 32),
-    Precision("bf16 / fp16", 16),
-    Precision("FP8 (W8A8)", 8),
-    Precision("INT8 (W8A8 / W8A16)", 8),
-    # 4-bit: one fp16 scale + one 4-bit zero point per 128 weights (AWQ, GPTQ)
-    Precision("INT4 AWQ / GPTQ (g128)", 4, 128, 16 + 4),
-    # NF4 (bitsandbytes): one absmax per 64 weights, double-quantised to 8 bits (+ a small second-level table)
-    Precision("NF4 (bitsandbytes, double quant)", 4, 64, 8.127),
+from vllm_workshop.planning import (
+    GIB,
+    SCHEMES,
+    ModelShape,
+    WeightScheme,
+    gpu_reserve_bytes,
+    kv_bytes_per_token,
+    model_shape,
+    weight_memory,
 )
 
-MODEL_PARAMS = {
-    "SmolLM2-135M (lab)": 134_515_008,
-    "Llama-3.1-8B": 8_030_261_248,
-    "Llama-3.1-70B": 70_553_706_496,
-    "Mixtral-8x7B": 46_702_792_704,
-}
+Precision = WeightScheme
 
+# The precisions of the module 3 tables, in the order the notebook indexes them (1: bf16, 2: FP8, 4: INT4).
+PRECISIONS = tuple(SCHEMES[name] for name in ("fp32", "bf16", "fp8", "int8", "awq", "nf4"))
+
+MODEL_IDS = {
+    "SmolLM2-135M (lab)": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "Llama-3.1-8B": "meta-llama/Llama-3.1-8B-Instruct",
+    "Llama-3.1-70B": "meta-llama/Llama-3.1-70B-Instruct",
+    "Mixtral-8x7B": "mistralai/Mixtral-8x7B-Instruct-v0.1",
+}
+# Parameter counts derived from each config (equal to the published counts: tests/test_planning.py checks).
+MODEL_PARAMS = {label: model_shape(hub_id).parameter_counts().total for label, hub_id in MODEL_IDS.items()}
+
+# Memory torch reports for one device (GiB), as the notebook's fit table lists them.
 GPUS_GIB = {
     "L4 (24 GB)": 22.5,
     "A10G (24 GB)": 22.5,
@@ -51,8 +44,13 @@ GPUS_GIB = {
 
 
 def weight_bytes(params: int, precision: Precision) -> float:
-    """Bytes of weights at a precision."""
+    """Every parameter at the precision's average size (the naive figure; see :func:`model_weight_bytes`)."""
     return params * precision.bytes_per_param
+
+
+def model_weight_bytes(model: str, precision: Precision) -> int:
+    """Weight memory after load of a model of :data:`MODEL_IDS`, embeddings and LM head kept in 16 bits."""
+    return weight_memory(shape_for(model), precision)
 
 
 @dataclass(frozen=True)
@@ -63,30 +61,33 @@ class Fit:
     weights_gib: float
     kv_gib: float
     usable_gib: float
+    reserve_gib: float = 1.0
 
     @property
     def fits(self) -> bool:
-        """Weights + KV + 1 GiB of activations and runtime fit the usable memory."""
-        return self.weights_gib + self.kv_gib + 1.0 <= self.usable_gib
+        """Weights + KV + activations/graphs/runtime fit the usable memory."""
+        return self.weights_gib + self.kv_gib + self.reserve_gib <= self.usable_gib
 
 
 def gpu_fit(
-    params: int,
+    shape: ModelShape,
     precision: Precision,
-    shape: AttentionShape,
     gpu: str,
     sequences: int = 8,
     context: int = 8192,
     utilization: float = 0.9,
 ) -> Fit:
     """Fit of a model on one GPU (``gpu_memory_utilization`` of its memory), KV cache in bf16."""
-    usable = GPUS_GIB[gpu] * utilization
-    kv = sequences * context * kv_bytes_per_token(shape, "bfloat16") / GIB
-    return Fit(gpu, weight_bytes(params, precision) / GIB, kv, usable)
+    memory = int(GPUS_GIB[gpu] * GIB)
+    kv = sequences * context * kv_bytes_per_token(shape, "bfloat16")
+    reserve = gpu_reserve_bytes(shape, "bfloat16", memory)
+    return Fit(
+        gpu, weight_memory(shape, precision) / GIB, kv / GIB, GPUS_GIB[gpu] * utilization, reserve / GIB
+    )
 
 
-def shape_for(model: str, lab_shape: AttentionShape | None = None) -> AttentionShape:
-    """The attention shape of a model in :data:`MODEL_PARAMS`."""
-    if model.startswith("SmolLM2"):
-        return lab_shape or AttentionShape("SmolLM2-135M", 30, 9, 3, 64)
-    return next(m for m in REFERENCE_MODELS if m.name == model)
+def shape_for(model: str, lab_shape: ModelShape | None = None) -> ModelShape:
+    """The shape of a model of :data:`MODEL_IDS` (``lab_shape`` replaces the lab model's)."""
+    if model.startswith("SmolLM2") and lab_shape is not None:
+        return lab_shape
+    return model_shape(MODEL_IDS.get(model, model))
