@@ -527,3 +527,19 @@ def test_lane_from_settings() -> None:
     assert (lane.block_size, lane.gpu_memory_bytes, lane.max_model_len) == (16, GPUS["141GB"], 512)
     cpu = Lane.from_settings(SimpleNamespace(**{**vars(settings), "device": "cpu", "dtype": "float32"}))
     assert (cpu.block_size, cpu.gpu_memory_bytes) == (128, 0)
+
+
+def test_two_local_backends_get_their_own_cores_or_a_gpu_share() -> None:
+    """Module 6's two backends: distinct cores on the CPU lane; on one GPU, shares that both start."""
+    from vllm_workshop.planning import replica_plan, shared_device_problems
+    from vllm_workshop.settings import lab_settings
+
+    cpu = replica_plan(lab_settings({"LAB_DEVICE": "cpu"}), 2)
+    binds = [b["VLLM_CPU_OMP_THREADS_BIND"] for b in cpu.bindings if b]
+    assert len(set(binds)) == 2 and cpu.start_together
+    gpu_settings = lab_settings({"LAB_DEVICE": "cuda", "LAB_MODEL": "Qwen/Qwen2.5-0.5B-Instruct"})
+    gpu = replica_plan(gpu_settings, 2, gpu_memory=24 * 10**9)
+    shares = [o["gpu_memory_utilization"] for o in gpu.engine_overrides]
+    assert not gpu.start_together and sum(shares) < 1
+    assert shared_device_problems(shares, 24 * 10**9) == []
+    assert shared_device_problems([0.85, 0.85], 24 * 10**9)  # what the stack did before: refused

@@ -17,6 +17,7 @@ from typing import Any
 
 from vllm_workshop.errors import LabError
 from vllm_workshop.paths import project_root, state_dir
+from vllm_workshop.planning import ReplicaPlan, replica_plan
 from vllm_workshop.server import ManagedServer, VllmServer, free_port
 from vllm_workshop.settings import LabSettings
 
@@ -204,9 +205,17 @@ class GatewayStack:
 
     def start(self, timeout: float = 600) -> GatewayStack:
         """Start everything (backends first); on any failure, stop what was started and re-raise."""
+        plan = self.replica_plan()
         try:
-            for _ in range(2):  # launch both, then wait: the two model loads overlap
-                self.backends.append(VllmServer(self.settings, served_model_name=SERVED_NAME).launch())
+            for overrides, binding in zip(plan.engine_overrides, plan.bindings, strict=True):
+                backend = VllmServer(
+                    self.settings, served_model_name=SERVED_NAME, binding=binding, **overrides
+                )
+                self.backends.append(backend.launch())
+                if (
+                    not plan.start_together
+                ):  # one GPU: the second profiles memory after the first holds its share
+                    backend.wait_healthy(timeout)
             for backend in self.backends:
                 backend.wait_healthy(timeout)
             self.gateway = litellm_server([b.openai_base_url for b in self.backends], self.gateway_port)
@@ -218,6 +227,10 @@ class GatewayStack:
             self.stop()
             raise
         return self
+
+    def replica_plan(self) -> ReplicaPlan:
+        """Cores (CPU lane) or GPU memory share (GPU lane) of the two backends, from the planner."""
+        return replica_plan(self.settings, replicas=2)
 
     def stop(self) -> None:
         """Stop every process (Open WebUI, the gateway, then the backends)."""

@@ -1041,3 +1041,41 @@ def memory_share(
     if problems:  # cannot happen with the share above; kept as a guard against edits of the formula
         raise PlanningError(" ".join(problems))
     return MemoryShare(servers, utilization, gpu_memory, plan)
+
+
+@dataclass(frozen=True)
+class ReplicaPlan:
+    """How ``replicas`` local servers of one model share this machine (module 6's two backends)."""
+
+    engine_overrides: tuple[dict[str, Any], ...]
+    bindings: tuple[dict[str, str] | None, ...]
+    start_together: bool  # CPU: load in parallel; GPU: one after the other (vLLM profiles free memory)
+    summary: str
+
+
+def replica_plan(settings: Any, replicas: int = 2, gpu_memory: int | None = None) -> ReplicaPlan:
+    """Per-replica engine overrides and CPU core bindings: own cores on the CPU, a memory share on one GPU."""
+    from vllm_workshop.settings import cpu_binding
+
+    if settings.device == "cpu":
+        bindings = tuple(cpu_binding(i, replicas) for i in range(replicas))
+        cores = ", ".join(
+            f"replica {i}: cores {b['VLLM_CPU_OMP_THREADS_BIND']}" for i, b in enumerate(bindings)
+        )
+        return ReplicaPlan(tuple({} for _ in bindings), bindings, True, cores)
+    memory = gpu_memory if gpu_memory is not None else gpu_memory_bytes()
+    share = memory_share(
+        model_shape(settings.model),
+        replicas,
+        memory,
+        settings.max_model_len,
+        dtype=settings.dtype,
+        enforce_eager=settings.enforce_eager,
+    )
+    summary = (
+        f"{replicas} servers share one {human_bytes(memory)} GPU at gpu_memory_utilization="
+        f"{share.gpu_memory_utilization} each"
+    )
+    return ReplicaPlan(
+        tuple(share.engine_kwargs() for _ in range(replicas)), (None,) * replicas, False, summary
+    )
