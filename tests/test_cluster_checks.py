@@ -237,6 +237,38 @@ def test_neuron_pods_compile_into_a_writable_keyed_place(mutate, message: str) -
     assert len(problems) == 1 and message in problems[0]
 
 
+@pytest.mark.parametrize("overlay", ["inf2-qwen", "inf2-llama31-70b"])
+@pytest.mark.parametrize(
+    ("segment", "key"),
+    [
+        ("-seqs$(MAX_NUM_SEQS)", "max-num-seqs"),  # "4" / "8" still occur in len2048 / sdk2.28.0
+        ("tp$(TENSOR_PARALLEL_SIZE)-", "tp"),  # "2" still occurs in sdk2.28.0
+        ("-len$(MAX_MODEL_LEN)", "max-model-len"),
+        ("/$(MODEL)", "model"),
+    ],
+)
+def test_each_engine_setting_must_key_the_neuron_artifacts(overlay: str, segment: str, key: str) -> None:
+    # The folder must change with each setting, not merely contain its digits somewhere.
+    objs = objects(overlay)
+    (artifacts,) = [e for e in vllm(objs)["env"] if e["name"] == "NEURON_COMPILED_ARTIFACTS"]
+    assert segment in artifacts["value"]
+    artifacts["value"] = artifacts["value"].replace(segment, "")
+    (problem,) = cluster_checks.vllm_command_lines(objs)
+    assert problem.endswith(f"is not keyed by {key} (one configuration would load another's artifacts)")
+
+
+def test_a_literal_engine_setting_keys_the_artifacts_only_as_a_whole_number() -> None:
+    objs = objects("inf2-qwen")
+    container = vllm(objs)
+    container["args"] = [a.replace("$(MAX_NUM_SEQS)", "4") for a in container["args"]]
+    (artifacts,) = [e for e in container["env"] if e["name"] == "NEURON_COMPILED_ARTIFACTS"]
+    artifacts["value"] = artifacts["value"].replace("$(MAX_NUM_SEQS)", "4")
+    assert cluster_checks.vllm_command_lines(objs) == []
+    artifacts["value"] = artifacts["value"].replace("-seqs4", "")  # "4" is still in len2048
+    (problem,) = cluster_checks.vllm_command_lines(objs)
+    assert "is not keyed by max-num-seqs" in problem
+
+
 # ------------------------------------------------------------------------------------------ pod security
 
 

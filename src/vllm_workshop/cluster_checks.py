@@ -91,8 +91,12 @@ def expand(text: str, env: dict[str, str]) -> str:
     return _VAR.sub(replace, text)
 
 
-def container_env(container: Obj, objects: list[Obj], injected: dict[str, str]) -> dict[str, str]:
-    """The variables a container sees: ConfigMaps from envFrom, then env (in order), then the operator's."""
+def container_env(
+    container: Obj, objects: list[Obj], injected: dict[str, str], override: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The variables a container sees: ConfigMaps from envFrom, then the operator's, then env (in order).
+
+    ``override`` replaces variables before ``env`` is expanded (to see which values depend on them)."""
     configmaps = {o["metadata"]["name"]: o.get("data", {}) for o in objects if o["kind"] == "ConfigMap"}
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
@@ -102,6 +106,7 @@ def container_env(container: Obj, objects: list[Obj], injected: dict[str, str]) 
                 {source.get("prefix", "") + k: str(v) for k, v in configmaps.get(ref["name"], {}).items()}
             )
     env.update(injected)
+    env.update(override or {})
     for item in container.get("env", []):
         if "value" in item:
             env[item["name"]] = expand(str(item["value"]), env)
@@ -147,8 +152,37 @@ def _parallel(model: str, tp: int, pp: int, where: str) -> list[str]:
     ]
 
 
-def _neuron_problems(where: str, container: Obj, env: dict[str, str], engine: dict[str, Any]) -> list[str]:
-    """Neuron pods compile into the working directory and load artifacts from NEURON_COMPILED_ARTIFACTS."""
+NEURON_ENGINE_FLAGS = {
+    "model": ("--model",),
+    "tp": ("--tensor-parallel-size", "-tp"),
+    "max-num-seqs": ("--max-num-seqs",),
+    "max-model-len": ("--max-model-len",),
+}
+
+
+def _keyed_by(artifacts: Callable[[dict[str, str]], str], source: str, value: str) -> bool:
+    """Whether the artifacts folder changes with one engine setting.
+
+    A setting taken from variables (``$(TENSOR_PARALLEL_SIZE)``) keys the folder when changing any of them
+    changes the folder; a literal setting must appear in the folder's path as a whole number or path segment
+    (``tp2`` does not key ``len2048`` by ``--max-num-seqs=4``)."""
+    names = re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", source)
+    if names:
+        base = artifacts({})
+        return all(artifacts({name: "\x00changed"}) != base for name in names)
+    path = artifacts({})
+    if "/" in value:  # a model id: whole path segments
+        return f"/{value.strip('/')}/" in f"{path.rstrip('/')}/"
+    return re.search(rf"(?<![0-9.]){re.escape(value)}(?![0-9.])", path) is not None
+
+
+def _neuron_problems(
+    where: str, container: Obj, env_for: Callable[[dict[str, str]], dict[str, str]], engine: dict[str, Any]
+) -> list[str]:
+    """Neuron pods compile into the working directory and load artifacts from NEURON_COMPILED_ARTIFACTS.
+
+    ``env_for(override)`` gives the container's variables with some replaced; ``engine`` the settings the
+    compiled artifacts are specific to (None: not set on the command line)."""
     problems = []
     workdir = container.get("workingDir")
     writable = [m["mountPath"] for m in container.get("volumeMounts", []) if not m.get("readOnly")]
@@ -157,15 +191,26 @@ def _neuron_problems(where: str, container: Obj, env: dict[str, str], engine: di
             f"{where}: workingDir {workdir or '(image default)'} is not on a writable volume; the Neuron "
             "loader saves the model to local-models/ there before compiling"
         )
-    artifacts = env.get("NEURON_COMPILED_ARTIFACTS", "")
-    keys = {k: str(v) for k, v in engine.items() if v is not None}
-    missing = [name for name, value in keys.items() if value not in artifacts]
+    raw = serve_argv(container) or []
+    sources = {key: _flag(raw, names) for key, names in NEURON_ENGINE_FLAGS.items()}
+    if raw and not raw[0].startswith("-"):
+        sources["model"] = raw[0]
+    artifacts = env_for({}).get("NEURON_COMPILED_ARTIFACTS", "")
+    keys = {k: str(v) for k, v in engine.items() if v is not None and sources.get(k) is not None}
+    missing = [
+        key
+        for key, value in keys.items()
+        if not artifacts
+        or not _keyed_by(
+            lambda override: env_for(override).get("NEURON_COMPILED_ARTIFACTS", ""), str(sources[key]), value
+        )
+    ]
     if not artifacts or missing:
         problems.append(
             f"{where}: NEURON_COMPILED_ARTIFACTS={artifacts or '(unset)'} is not keyed by "
             f"{', '.join(missing or keys)} (one configuration would load another's artifacts)"
         )
-    if "--block-size" in " ".join(serve_argv(container) or []):
+    if "--block-size" in " ".join(raw):
         problems.append(f"{where}: --block-size is ignored on Neuron (the plugin sets the KV block size)")
     return problems
 
@@ -212,7 +257,9 @@ def check_container_command(pod: RuntimePod, container: Obj, objects: list[Obj])
             )
     if container.get("image", "").startswith(NEURON_IMAGE):
         engine = {"model": model, "tp": tp, "max-num-seqs": seqs, "max-model-len": max_len}
-        problems += _neuron_problems(where, container, env, engine)
+        problems += _neuron_problems(
+            where, container, lambda override: container_env(container, objects, pod.env, override), engine
+        )
     return problems, parsed
 
 
