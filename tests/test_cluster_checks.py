@@ -469,3 +469,12 @@ def test_a_neuron_overlay_that_pipelines_over_inf2_nodes_is_gone() -> None:
     runtime = operators.runtime_pods(objects("inf2-llama31-70b"))
     assert [p.owner for p in runtime] == ["Deployment/vllm"]
     assert not (ROOT / "modules/05-multi-node/overlays/lws-inf2-llama70b").exists()
+
+
+def test_a_leaderworkerset_whose_groups_outgrow_the_node_group_is_rejected() -> None:
+    objs = objects("lws-gpu-llama70b")
+    groups = nodegroups.infra_node_groups()
+    assert cluster_checks.autoscaling(objs, groups) == []
+    one(objs, "LeaderWorkerSet")["spec"]["replicas"] = 2  # 2 groups x 2 pods of a whole g6.12xlarge each
+    (problem,) = cluster_checks.autoscaling(objs, groups)
+    assert "4 leaders and workers must run at once but the node groups hold 2 such pods" in problem

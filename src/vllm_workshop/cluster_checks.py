@@ -393,6 +393,29 @@ def _ray_problems(obj: Obj, groups: list[NodeGroup]) -> list[str]:
     return problems
 
 
+def _group_problems(obj: Obj, groups: list[NodeGroup]) -> list[str]:
+    """A LeaderWorkerSet's groups need all their pods at once: leaders and workers of the same shape share
+    the node groups, so together they must fit what the groups hold at their maximum size."""
+    pods = list(runtime_pods([obj]))
+    first = pods[0].spec
+    alike = all(
+        pod_requests(p.spec) == pod_requests(first)
+        and p.spec.get("nodeSelector") == first.get("nodeSelector")
+        for p in pods
+    )
+    batches = (
+        [(sum(p.max_replicas for p in pods), first, "leaders and workers")]
+        if alike
+        else [(p.max_replicas, p.spec, p.role + "s") for p in pods]
+    )
+    where = f"{obj['kind']}/{obj['metadata']['name']}"
+    return [
+        f"{where}: {count} {what} must run at once but the node groups hold {most} such pods"
+        for count, spec, what in batches
+        if count > (most := capacity(spec, groups))
+    ]
+
+
 def autoscaling(objects: list[Obj], groups: list[NodeGroup]) -> list[str]:
     """Autoscaling that can act: reachable targets, and maxima the node groups can hold."""
     problems = []
@@ -401,6 +424,8 @@ def autoscaling(objects: list[Obj], groups: list[NodeGroup]) -> list[str]:
             problems += _hpa_problems(obj, objects, groups)
         elif obj["kind"] == "RayService":
             problems += _ray_problems(obj, groups)
+        elif obj["kind"] == "LeaderWorkerSet":
+            problems += _group_problems(obj, groups)
     return problems
 
 
