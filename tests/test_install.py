@@ -66,6 +66,14 @@ def test_side_venvs_install_against_a_full_constraints_file(side: str) -> None:
     assert all("==" in line and "[" not in line.split("==")[0] for line in pins), pins[:5]
 
 
+@pytest.mark.parametrize("side", ["GATEWAY", "WEBUI", "QUANT"])
+def test_side_venv_install_uses_its_constraints(side: str, tmp_path: Path) -> None:
+    venv = f"{side}_VENV={tmp_path / 'side'}"
+    stamp = make("print-" + side + "_STAMP", venv).stdout.strip()
+    plan = make("-n", stamp, venv).stdout  # what make would run to build that venv
+    assert f"-c constraints/{side.lower()}.txt" in plan, plan
+
+
 def test_each_lane_has_its_own_venv() -> None:
     cpu = make("print-VENV", "GPU=0").stdout.strip()
     gpu = make("print-VENV", "GPU=1").stdout.strip()
