@@ -73,7 +73,7 @@ WEBUI_STAMP   := $(WEBUI_VENV)/.stamp-$(call pins,$(WEBUI_PKG) $(CPU_TORCH),$(WE
 QUANT_STAMP   := $(QUANT_VENV)/.stamp-$(call pins,$(QUANT_PKG) $(CPU_TORCH),$(QUANT_CONSTRAINTS))
 
 .PHONY: help install model lab test lint unit slow notebooks bench clean distclean freeze-side gpu-smoke cluster-checks \
-	tools render validate preflight deploy undeploy gateway-install gateway browser quant-install
+	tools render validate preflight deploy undeploy gateway-install gateway browser redis quant-install
 
 print-%:  # make print-VAR shows a variable (the install tests read the stamps' names this way)
 	@echo '$($*)'
@@ -172,7 +172,14 @@ browser:  ## headless Chromium for the browser test (Debian package; needs root 
 	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium; \
 	else echo "error: install Chromium (apt-get install chromium) or set CHROMIUM=/path/to/chrome"; exit 1; fi
 
-gateway-install: install $(GATEWAY_STAMP) $(WEBUI_STAMP) browser  ## LiteLLM + Open WebUI venvs, Chromium
+redis:  ## Debian's redis-server for the module 6 gateway's store (needs root or sudo)
+	@if command -v redis-server >/dev/null; then echo "==> redis-server: $$(command -v redis-server)"; \
+	elif [ "$$(id -u)" = 0 ]; then echo "==> installing Debian redis-server"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq redis-server; \
+	else echo "error: install Redis (apt-get install redis-server) or set LAB_REDIS_URL=redis://host:port"; exit 1; fi
+
+gateway-install: install $(GATEWAY_STAMP) $(WEBUI_STAMP) browser redis  ## LiteLLM + Open WebUI venvs, Chromium, Redis
 
 gateway: model gateway-install  ## two vLLM servers + LiteLLM + Open WebUI, in the foreground (Ctrl-C stops)
 	$(BIN)/python -m vllm_workshop gateway --webui

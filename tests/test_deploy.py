@@ -162,11 +162,31 @@ def test_deploy_waits_for_the_rayservice_to_be_ready(cluster: FakeCluster) -> No
 def test_deploy_waits_for_every_deployment_and_creates_the_gateway_secrets(cluster: FakeCluster) -> None:
     out = k8s.deploy("gateway-cpu", timeout_s=60)
     rollouts = sorted(row["args"][4] for row in cluster.calls("rollout"))
-    assert rollouts == ["deployment/litellm", "deployment/open-webui", "deployment/vllm"]
+    assert rollouts == [
+        "deployment/litellm",
+        "deployment/open-webui",
+        "deployment/vllm",
+        "statefulset/postgres",
+        "statefulset/redis",
+    ]
+    (job,) = [row["args"] for row in cluster.calls("wait")]  # the Job that registers Open WebUI's key
+    assert job[3:5] == ["--for=condition=Complete", "job/open-webui-key"]
     namespaces, *secrets, everything = cluster.applied()
     assert [o["kind"] for o in namespaces] == ["Namespace"]  # first, so the Secrets have a namespace
     created = {s[0]["metadata"]["name"]: s[0]["stringData"] for s in secrets}
-    assert set(created) == {"litellm-master-key", "open-webui-secret"}
+    assert set(created) == {
+        "litellm-master-key",
+        "litellm-salt-key",
+        "litellm-postgres",
+        "redis-auth",
+        "open-webui-secret",
+        "open-webui-litellm-key",
+    }
+    assert created["open-webui-litellm-key"]["WEBUI_LITELLM_KEY"].startswith("sk-webui-")
+    assert (
+        created["open-webui-litellm-key"]["WEBUI_LITELLM_KEY"]
+        != created["litellm-master-key"]["LITELLM_MASTER_KEY"]
+    )
     assert created["litellm-master-key"]["LITELLM_MASTER_KEY"].startswith("sk-")
     assert len(created["open-webui-secret"]["WEBUI_SECRET_KEY"]) == 32
     assert {o["kind"] for o in everything} >= {"Deployment", "Service", "NetworkPolicy"}
@@ -176,7 +196,15 @@ def test_deploy_waits_for_every_deployment_and_creates_the_gateway_secrets(clust
 def test_deploy_keeps_an_existing_secret_and_takes_values_from_the_environment(
     cluster: FakeCluster, monkeypatch
 ) -> None:
-    cluster.set(secrets=["open-webui-secret"])
+    cluster.set(
+        secrets=[
+            "open-webui-secret",
+            "open-webui-litellm-key",
+            "litellm-salt-key",
+            "litellm-postgres",
+            "redis-auth",
+        ]
+    )
     monkeypatch.setenv("LITELLM_MASTER_KEY", "sk-mine")
     out = k8s.deploy("gateway-cpu", wait=False)
     applied = [docs[0] for docs in cluster.applied() if docs[0]["kind"] == "Secret"]

@@ -1,7 +1,7 @@
-"""Module 6 for real: two vLLM servers behind LiteLLM, Open WebUI in headless Chromium, failover.
+"""Module 6 for real: Redis, two vLLM servers behind LiteLLM, Open WebUI in headless Chromium, failover.
 
-One stack serves the whole module (starting it costs two model loads); the failover test kills a
-backend, so it runs last.
+One stack serves the whole module (starting it costs two model loads); the failover tests kill backends, so
+they run last. The same gateway against fake backends (fast) is in ``test_gateway_fakes.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,16 @@ import pytest
 
 from vllm_workshop import LabError, lab_settings
 from vllm_workshop.gateway import LAB_USER_EMAIL, GatewayStack, ensure_keys, read_request_log, webui_server
-from vllm_workshop.gateway_lessons import cache_hit, client_for, failover, refused, routing
+from vllm_workshop.gateway_lessons import (
+    all_backends_down,
+    cache_hit,
+    client_for,
+    failover,
+    refused,
+    routing,
+    stream_failover,
+    webui_chat,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
@@ -53,12 +62,14 @@ def test_wrong_key_is_refused(stack: GatewayStack) -> None:
 
 
 def test_rate_limit_per_key(stack: GatewayStack) -> None:
+    stack.rotate_key("ratelimited")  # the counters live in Redis: a fresh key has none
     outcomes = refused(stack, "ratelimited", 5)  # 3 requests per minute
     assert outcomes[:3] == ["ok"] * 3
     assert all(o.startswith("429") for o in outcomes[3:]), outcomes
 
 
 def test_budget_per_key(stack: GatewayStack) -> None:
+    stack.rotate_key("budgeted")  # spend lives in Redis: a fresh key has spent nothing
     outcomes = refused(stack, "budgeted", 8)  # $0.0001 at lab prices: a few requests
     assert outcomes[0] == "ok"
     assert outcomes[-1].startswith("429") and "Budget exceeded" in outcomes[-1], outcomes
@@ -119,7 +130,7 @@ def test_open_webui_chat_in_a_real_browser(stack: GatewayStack) -> None:
         finally:
             browser.close()
     served = [r for r in read_request_log() if r["time"] >= sent_at and r["status"] == "success"]
-    assert any(r["key_alias"] == "learner" and r["model_group"] == "lab-model" for r in served), served
+    assert any(r["key_alias"] == "webui" and r["model_group"] == "lab-model" for r in served), served
     assert (ARTIFACTS / "openwebui-chat.png").stat().st_size > 10_000
 
 
@@ -142,7 +153,23 @@ def test_no_request_lost_when_a_backend_dies(stack: GatewayStack) -> None:
     )
 
 
+def test_streams_cut_by_a_dying_backend_recover_with_the_clients_retry(stack: GatewayStack) -> None:
+    crashed = stack.backends[0]  # killed by the failover test
+    crashed_log = crashed.log_path.read_text()
+    stack.restart_backend(0)
+    log = crashed.log_path.read_text()
+    assert log.startswith(crashed_log) and "restarted at" in log[len(crashed_log) :], "the crash log was lost"
+    result = stream_failover(stack, streams=6, kill_after=3, concurrency=3, max_tokens=32)
+    assert result.killed, "the run never reached the kill"
+    assert result.cut_without_retry >= 1 and result.cut_reasons()["error event"] >= 1, result.cut_reasons()
+    assert result.recovered_with_retry == result.cut_without_retry and result.lost == 0
+
+
 def test_all_backends_down_is_a_clear_error(stack: GatewayStack) -> None:
-    stack.backends[1].kill()
-    outcomes = refused(stack, "learner", 1)
-    assert outcomes[0][:3] in {"500", "502", "503"}, outcomes
+    outcomes = all_backends_down(stack, attempts=3)
+    for outcome in outcomes:
+        assert outcome.startswith("503: The backends of model group 'lab-model' are unavailable"), outcome
+        assert "not your key's rate limit or budget" in outcome
+    assert stack.webui is not None
+    status, shown = webui_chat(stack.webui.base_url)  # what Open WebUI shows its user
+    assert status == 503 and "are unavailable" in shown, (status, shown)

@@ -358,7 +358,7 @@ def test_gateway_overlay_wires_litellm_and_open_webui() -> None:
         e["name"]: e for e in deployments["open-webui"]["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert webui_env["OPENAI_API_BASE_URL"]["value"] == "http://litellm:4000/v1"
-    assert webui_env["OPENAI_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "litellm-master-key"
+    assert webui_env["OPENAI_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "open-webui-litellm-key"
     assert one(objs, "Service", "litellm")["spec"]["ports"][0]["port"] == 4000
     config = next(o for o in by_kind(objs, "ConfigMap") if o["metadata"]["name"].startswith("litellm-config"))
     routed = yaml.safe_load(config["data"]["config.yaml"])

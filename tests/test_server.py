@@ -153,3 +153,42 @@ def test_servers_left_running_are_stopped_when_the_interpreter_exits(tmp_path: P
     finally:
         with contextlib.suppress(ProcessLookupError, FileNotFoundError):
             os.killpg(pid, signal.SIGKILL)
+
+
+def test_restart_on_the_same_port_keeps_the_earlier_log(tmp_path: Path) -> None:
+    """A crashed run's log survives a restart; the restart's own error shows only its own output."""
+    port = free_port()
+    crashed = toy(port, tmp_path, script="import sys; print('CUDA out of memory in run 1'); sys.exit(3)")
+    with pytest.raises(ServerStartError, match="out of memory in run 1"):
+        crashed.start(timeout=30)
+    again = toy(port, tmp_path, script="import sys; print('config error in run 2'); sys.exit(4)")
+    with pytest.raises(ServerStartError, match="config error in run 2") as error:
+        again.start(timeout=30)
+    assert "run 1" not in str(error.value), "the second run's error shows the first run's output"
+    log = again.log_path.read_text()
+    order = [log.index(text) for text in ("out of memory in run 1", "restarted at", "config error in run 2")]
+    assert order == sorted(order), log
+
+
+def test_ready_check_replaces_the_http_health_check(tmp_path: Path) -> None:
+    """A server that speaks no HTTP (Redis) is ready when its ``ready`` callable says so, not before."""
+    flag = tmp_path / "ready"
+    script = f"import pathlib, time; time.sleep(1); pathlib.Path({str(flag)!r}).touch(); time.sleep(600)"
+    server = ManagedServer(
+        [sys.executable, "-c", script], name="no-http", port=free_port(), log_dir=tmp_path, ready=flag.exists
+    )
+    try:
+        server.start(timeout=30)
+        assert flag.exists() and server.running
+    finally:
+        server.stop()
+    never = ManagedServer(
+        [sys.executable, "-c", "import time; time.sleep(600)"],
+        name="never",
+        port=free_port(),
+        log_dir=tmp_path,
+        ready=lambda: False,
+    )
+    with pytest.raises(ServerStartError, match="not healthy at 127.0.0.1:"):
+        never.start(timeout=2)
+    assert not never.running

@@ -9,9 +9,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import requests
 from openai import APIStatusError, OpenAI
 
-from vllm_workshop.gateway import MODEL_GROUP, GatewayStack, key_for, read_request_log
+from vllm_workshop import streaming
+from vllm_workshop.errors import LabError
+from vllm_workshop.gateway import (
+    BACKEND_NAMES,
+    LAB_USER_EMAIL,
+    MODEL_GROUP,
+    GatewayStack,
+    ensure_keys,
+    key_for,
+    read_request_log,
+)
 
 
 def client_for(stack: GatewayStack, alias: str = "learner", **options: Any) -> OpenAI:
@@ -44,10 +55,17 @@ def backend_name(stack: GatewayStack, record: dict[str, Any]) -> str:
 
 
 def routing(stack: GatewayStack, requests: int = 12) -> Counter[str]:
-    """Send distinct prompts one by one; count which backend answered each (from the request log)."""
+    """Send distinct prompts one by one; count which backend answered each (from the request log).
+
+    The prompts are new in every run: the response cache lives in Redis and outlasts the stack.
+    """
     client, start = client_for(stack), time.time()
     for i in range(requests):
-        ask(client, f"Name an animal whose name starts with the letter {chr(65 + i % 26)}. (request {i})", 8)
+        ask(
+            client,
+            f"Name an animal that starts with the letter {chr(65 + i % 26)}. (request {i}, {start:.0f})",
+            8,
+        )
     return Counter(backend_name(stack, r) for r in log_since(start) if r["status"] == "success")
 
 
@@ -72,15 +90,24 @@ def cache_hit(stack: GatewayStack, text: str = "What is the capital of France?")
     return CacheResult((answers[0], answers[1]), (seconds[0], seconds[1]), hits)
 
 
-def refused(stack: GatewayStack, alias: str | None, attempts: int, api_key: str | None = None) -> list[str]:
+def refused(
+    stack: GatewayStack,
+    alias: str | None,
+    attempts: int,
+    api_key: str | None = None,
+    model: str = MODEL_GROUP,
+) -> list[str]:
     """Send ``attempts`` distinct requests with a key; ``"ok"`` or ``"<status>: <message>"`` per request."""
     client = OpenAI(
-        base_url=stack.openai_base_url, api_key=api_key or key_for(alias or "learner"), max_retries=0
+        base_url=stack.openai_base_url,
+        api_key=api_key or key_for(alias or "learner"),
+        max_retries=0,
+        timeout=60,
     )
     outcomes = []
     for i in range(attempts):
         try:
-            ask(client, f"Give me one word that rhymes with cat. (attempt {i} {time.time()})", 8)
+            ask(client, f"Give me one word that rhymes with cat. (attempt {i} {time.time()})", 8, model)
             outcomes.append("ok")
         except APIStatusError as exc:
             message = exc.body.get("message", str(exc)) if isinstance(exc.body, dict) else str(exc)
@@ -121,7 +148,7 @@ def failover(
     stack: GatewayStack, requests: int = 16, kill_after: int = 4, concurrency: int = 4
 ) -> FailoverResult:
     """Kill backend A (SIGKILL, as in a crash) once ``kill_after`` requests finished; none may be lost."""
-    client = client_for(stack, timeout=120)
+    client, run = client_for(stack, timeout=120), f"run {time.time():.0f}"
     lock = threading.Lock()
     finished = 0
     killed = threading.Event()
@@ -134,7 +161,10 @@ def failover(
         try:
             raw = client.chat.completions.with_raw_response.create(
                 model=MODEL_GROUP,
-                messages=[{"role": "user", "content": f"Write one short sentence about the number {i}."}],
+                # unique per run: a cached answer would carry the header of whichever backend first made it
+                messages=[
+                    {"role": "user", "content": f"Write one short sentence about the number {i}. ({run})"}
+                ],
                 max_tokens=24,
                 temperature=0,
             )
@@ -153,4 +183,83 @@ def failover(
         list(pool.map(one, range(requests)))
     return FailoverResult(
         sent=requests, killed="vllm-a", kill_happened=killed.is_set(), served=served, errors=errors
+    )
+
+
+def routed_to_both(stack: GatewayStack, timeout: float = 90, pause_s: float = 1.0) -> Counter[str]:
+    """Send a tiny request every ``pause_s`` until both backends have answered one (a restarted backend stays
+    out of the rotation while the router's cooldown lasts); returns who answered. :class:`LabError` when one
+    never does within ``timeout``."""
+    client, seen = client_for(stack, timeout=30), Counter[str]()
+    deadline = time.monotonic() + timeout
+    while True:
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL_GROUP,
+            messages=[{"role": "user", "content": f"Say hi. ({time.time()})"}],
+            max_tokens=1,
+        )
+        seen[raw.headers.get("x-litellm-model-id", "?")] += 1
+        if all(seen[name] for name in BACKEND_NAMES):
+            return seen
+        if time.monotonic() > deadline:
+            missing = sorted(set(BACKEND_NAMES) - set(seen))
+            raise LabError(f"the gateway routed no request to {missing} in {timeout:.0f} s: is it running?")
+        time.sleep(pause_s)
+
+
+def stream_failover(
+    stack: GatewayStack, streams: int = 6, kill_after: int = 3, concurrency: int = 3, max_tokens: int = 32
+) -> streaming.StreamFailoverResult:
+    """Streams through the gateway; the backend serving most of them is SIGKILLed mid-stream once
+    ``kill_after`` are receiving tokens. Each client retries a cut stream (:mod:`vllm_workshop.streaming`)."""
+    routed_to_both(stack)
+    a, b = stack.backends
+    return streaming.stream_failover(
+        stack.openai_base_url,
+        key_for("learner"),
+        {"vllm-a": a, "vllm-b": b, "vllm-b-fallback": b},
+        streams=streams,
+        kill_after=kill_after,
+        concurrency=concurrency,
+        max_tokens=max_tokens,
+    )
+
+
+def all_backends_down(stack: GatewayStack, attempts: int = 2) -> list[str]:
+    """SIGKILL every backend still running, then send ``attempts`` requests: what a client sees."""
+    for backend in stack.backends:
+        backend.kill()
+    return refused(stack, "learner", attempts)
+
+
+def webui_chat(webui_url: str, text: str = "Hello?", model: str = MODEL_GROUP) -> tuple[int, str]:
+    """Log in to Open WebUI as the lab user and send one chat message through its API (as its page does):
+    ``(status, what the user sees)``, the answer or the error. A time stamp keeps the gateway's cache out."""
+    login = requests.post(
+        webui_url + "/api/v1/auths/signin",
+        json={"email": LAB_USER_EMAIL, "password": ensure_keys()["webui_password"]},
+        timeout=30,
+    )
+    login.raise_for_status()
+    reply = requests.post(
+        webui_url + "/api/chat/completions",
+        headers={"Authorization": f"Bearer {login.json()['token']}"},
+        json={
+            "model": model,
+            "stream": False,
+            "messages": [{"role": "user", "content": f"{text} ({time.time():.3f})"}],
+        },
+        timeout=120,
+    )
+    try:
+        body = reply.json()
+    except ValueError:
+        return reply.status_code, reply.text
+    if not isinstance(body, dict):
+        return reply.status_code, str(body)
+    if body.get("choices"):
+        return reply.status_code, str(body["choices"][0]["message"]["content"])
+    error = body.get("error")
+    return reply.status_code, str(
+        error.get("message") if isinstance(error, dict) else error or body.get("detail")
     )

@@ -258,7 +258,11 @@ class ClusterSecret:
 CLUSTER_SECRETS = {
     "hf-token": ClusterSecret("HF_TOKEN", None),  # optional in every pod: public models need no token
     "litellm-master-key": ClusterSecret("LITELLM_MASTER_KEY", "sk-"),
+    "litellm-salt-key": ClusterSecret("LITELLM_SALT_KEY", "sk-"),  # encrypts LiteLLM's stored credentials
+    "litellm-postgres": ClusterSecret("POSTGRES_PASSWORD", ""),
+    "redis-auth": ClusterSecret("REDIS_PASSWORD", ""),
     "open-webui-secret": ClusterSecret("WEBUI_SECRET_KEY", ""),
+    "open-webui-litellm-key": ClusterSecret("WEBUI_LITELLM_KEY", "sk-webui-"),  # Open WebUI's own gateway key
 }
 
 
@@ -347,6 +351,17 @@ def wait_commands(objects: list[dict[str, Any]], timeout_s: int) -> list[list[st
                     f"--timeout={timeout_s}s",
                 ]
             )
+        elif kind == "Job":  # Complete: it ran to success (e.g. registering Open WebUI's gateway key)
+            commands.append(
+                [
+                    "-n",
+                    namespace,
+                    "wait",
+                    "--for=condition=Complete",
+                    f"job/{name}",
+                    f"--timeout={timeout_s}s",
+                ]
+            )
         elif kind == "RayService":  # Ready: the Ray cluster runs and the Serve applications are healthy
             commands.append(
                 [
@@ -364,8 +379,9 @@ def wait_commands(objects: list[dict[str, Any]], timeout_s: int) -> list[list[st
 def deploy(overlay: str | os.PathLike[str], wait: bool = True, timeout_s: int = 1800) -> str:
     """Apply an overlay (namespaces, the Secrets its pods need, then the rest) and wait until it is ready.
 
-    Waits for every Deployment and StatefulSet rollout, every LeaderWorkerSet (condition Available) and every
-    RayService (condition Ready) the overlay creates, within ``timeout_s`` in total.
+    Waits for every Deployment and StatefulSet rollout, every Job (condition Complete), every LeaderWorkerSet
+    (condition Available) and every RayService (condition Ready) the overlay creates, within ``timeout_s`` in
+    total.
     """
     kubectl = require_cluster()
     text = render(overlay, kubectl)

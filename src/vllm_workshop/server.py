@@ -1,8 +1,10 @@
 """Run ``vllm serve`` (or any OpenAI-compatible server) as a child process from a notebook.
 
 The server gets a free port (or the one asked for, after checking nobody holds it), writes its log to
-``.lab/logs/``, and is ready when ``/health`` answers 200. A server that dies or never gets healthy raises
-:class:`ServerStartError` carrying the end of its log, so the learner sees the real cause.
+``.lab/logs/``, and is ready when ``/health`` answers 200 (or when a ``ready`` check says so, for servers that
+do not speak HTTP). A server that dies or never gets healthy raises :class:`ServerStartError` carrying the end
+of its log, so the learner sees the real cause. A restart on the same port appends to the same log after a
+banner, so the log of a crashed run survives the restart.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import requests
@@ -51,10 +53,12 @@ def port_in_use(port: int, host: str = LOCALHOST) -> bool:
     return False
 
 
-def tail(path: Path, lines: int = 40) -> str:
-    """The last ``lines`` lines of a text file ('' when absent)."""
+def tail(path: Path, lines: int = 40, offset: int = 0) -> str:
+    """The last ``lines`` lines of a text file from byte ``offset`` on ('' when absent)."""
     try:
-        text = path.read_text(errors="replace")
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode(errors="replace")
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
@@ -88,6 +92,7 @@ class ManagedServer:
         health_path: str = "/health",
         env: dict[str, str] | None = None,
         log_dir: Path | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self.command = list(command)
         self.name = name
@@ -96,6 +101,8 @@ class ManagedServer:
         self.health_path = health_path
         self.env = env
         self.log_path = (log_dir or state_dir() / "logs") / f"{name}-{port}.log"
+        self.ready = ready  # replaces the HTTP health check when given (e.g. a Redis PING)
+        self.log_offset = 0  # where this run's output starts in the log (earlier runs stay above it)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -125,7 +132,12 @@ class ManagedServer:
                 "or pass port=None for a free one."
             )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
+        with self.log_path.open("ab") as log:
+            self.log_offset = log.seek(0, os.SEEK_END)
+            if self.log_offset:  # a restart on this port: keep the earlier runs' log (a crash's cause)
+                banner = f"\n===== {self.name} restarted at {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n"
+                log.write(banner.encode())
+                log.flush()
             self.process = subprocess.Popen(
                 self.command,
                 stdout=log,
@@ -146,16 +158,21 @@ class ManagedServer:
             if code is not None:
                 raise ServerStartError(
                     f"{self.name} exited with code {code} before becoming healthy. "
-                    f"Log {self.log_path} ends with:\n{tail(self.log_path)}"
+                    f"Log {self.log_path} ends with:\n{tail(self.log_path, offset=self.log_offset)}"
                 )
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(url, timeout=2).status_code == 200:
+            if self.ready is not None:
+                if self.ready():
                     return
+            else:
+                with contextlib.suppress(requests.RequestException):
+                    if requests.get(url, timeout=2).status_code == 200:
+                        return
             time.sleep(0.5)
         self.stop()
+        where = url if self.ready is None else f"{self.host}:{self.port}"
         raise ServerStartError(
-            f"{self.name} was not healthy at {url} after {timeout:.0f} s. "
-            f"Log {self.log_path} ends with:\n{tail(self.log_path)}"
+            f"{self.name} was not healthy at {where} after {timeout:.0f} s. "
+            f"Log {self.log_path} ends with:\n{tail(self.log_path, offset=self.log_offset)}"
         )
 
     def stop(self, timeout: float = 30.0) -> int | None:
