@@ -39,6 +39,16 @@ def test_unreachable_endpoint_is_recorded_not_raised() -> None:
     assert records[0].error and "Connection" in records[0].error
 
 
+def test_a_delayed_request_is_sent_after_its_delay() -> None:
+    from vllm_workshop.server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    ask = [{"role": "user", "content": "hi"}]
+    load = [LoadRequest("now", ask, 4), LoadRequest("later", ask, 4, delay_s=0.3)]
+    records, _ = run_load(url, "m", load, concurrency=2)
+    assert records[0].sent < 0.1 <= 0.3 <= records[1].sent < 1.0
+
+
 def test_workloads_are_reproducible() -> None:
     assert chat_requests(5, seed=1) == chat_requests(5, seed=1) != chat_requests(5, seed=2)
     support = support_requests(3)

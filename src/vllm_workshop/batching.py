@@ -72,12 +72,20 @@ def measure_generate(
 
 
 def vllm_throughput(
-    settings: LabSettings, prompts: list[str], max_tokens: int, max_num_seqs: int, **engine: Any
+    settings: LabSettings,
+    prompts: list[str],
+    max_tokens: int,
+    max_num_seqs: int,
+    label: str | None = None,
+    **engine: Any,
 ) -> tuple[Throughput, dict[str, int]]:
-    """Start an engine with ``max_num_seqs``, time one ``generate`` of ``prompts``, stop it."""
+    """Start an engine with ``max_num_seqs``, time one ``generate`` of ``prompts``, stop it.
+
+    ``engine`` goes to :func:`~vllm_workshop.offline.start_llm` (engine arguments, or ``binding``).
+    """
     llm = start_llm(settings, max_num_seqs=max_num_seqs, **engine)
     try:
-        result, _ = measure_generate(llm, prompts, max_tokens, f"vLLM max_num_seqs={max_num_seqs}")
+        result, _ = measure_generate(llm, prompts, max_tokens, label or f"vLLM max_num_seqs={max_num_seqs}")
         return result, kv_cache_info(llm)
     finally:
         close_llm(llm)
@@ -130,3 +138,93 @@ def hf_static_generate(
     batches = math.ceil(len(prompts) / batch_size)
     label = f"HF static batch={batch_size} ({batches} batches)"
     return Throughput(label, len(prompts), useful, seconds), finished_at
+
+
+# ------------------------------------------------------------------------ continuous vs static, same engine
+
+# Output lengths of the batching experiment: most answers short, a few long, as in chat traffic.
+SHORT_RANGE, LONG_RANGE, LONG_SHARE = (16, 48), (192, 256), 0.15
+
+
+def output_lengths(n: int, varied: bool = True, seed: int = 0) -> list[int]:
+    """Tokens to generate per request.
+
+    ``varied`` draws 85% from 16..48 and 15% from 192..256 (uniform); otherwise every request gets the rounded
+    mean of that draw, so both workloads ask for about the same total.
+    """
+    import random
+
+    rng = random.Random(seed)
+    lengths = [
+        rng.randint(*LONG_RANGE) if rng.random() < LONG_SHARE else rng.randint(*SHORT_RANGE) for _ in range(n)
+    ]
+    if varied:
+        return lengths
+    return [round(sum(lengths) / n)] * n
+
+
+@dataclass(frozen=True)
+class BatchingComparison:
+    """Continuous and static batching of one workload on one engine (same threads, same slots)."""
+
+    workload: str
+    slots: int
+    lengths: tuple[int, ...]
+    continuous: Throughput
+    static: Throughput
+
+    @property
+    def speedup(self) -> float:
+        """Useful tokens per second, continuous over static."""
+        return self.continuous.tokens_per_s / self.static.tokens_per_s
+
+    @property
+    def static_slot_use(self) -> float:
+        """Share of the static waves' slot-steps that produced a token (the rest sat idle)."""
+        waves = [self.lengths[i : i + self.slots] for i in range(0, len(self.lengths), self.slots)]
+        return sum(sum(w) for w in waves) / sum(self.slots * max(w) for w in waves)
+
+
+def compare_batching(
+    llm: Any, prompts: list[str], lengths: list[int], slots: int, workload: str
+) -> BatchingComparison:
+    """Run the same requests twice on one engine started with ``max_num_seqs=slots``.
+
+    Continuous: all requests submitted at once; the scheduler refills a slot as soon as a request finishes.
+    Static: waves of ``slots`` requests, each wave submitted only when the previous one has finished (what a
+    server that batches whole requests does). Every request generates exactly its length (``ignore_eos``).
+    """
+    from vllm import SamplingParams
+
+    if len(prompts) != len(lengths) or len(prompts) <= slots:
+        raise ValueError(
+            "need one length per prompt and more requests than slots, so that requests must join"
+        )
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in lengths]
+    llm.generate(prompts[:1], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)  # warm-up
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    continuous = Throughput("continuous", len(prompts), _generated(outputs), time.perf_counter() - start)
+    start, made = time.perf_counter(), 0
+    for first in range(0, len(prompts), slots):
+        made += _generated(
+            llm.generate(prompts[first : first + slots], params[first : first + slots], use_tqdm=False)
+        )
+    static = Throughput("static waves", len(prompts), made, time.perf_counter() - start)
+    return BatchingComparison(workload, slots, tuple(lengths), continuous, static)
+
+
+def _generated(outputs: list[Any]) -> int:
+    return sum(len(o.outputs[0].token_ids) for o in outputs)
+
+
+def knee(concurrency: list[int], throughput: list[float], latency: list[float]) -> int:
+    """Index of the knee of a throughput-latency curve: the point of highest throughput / latency ("power").
+
+    Before it, more concurrency buys throughput almost for free; after it, latency grows faster than
+    throughput.
+    """
+    if not concurrency or not len(concurrency) == len(throughput) == len(latency):
+        raise ValueError("one throughput and one latency per concurrency level")
+    power = [t / lat for t, lat in zip(throughput, latency, strict=True)]
+    return max(range(len(power)), key=power.__getitem__)

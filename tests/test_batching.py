@@ -1,0 +1,78 @@
+"""Bookkeeping of module 2's experiments: workloads, like-for-like comparison, knee, machine ceiling."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from vllm_workshop.batching import BatchingComparison, Throughput, compare_batching, knee, output_lengths
+from vllm_workshop.ceiling import MachineProbe, decode_bounds, probe
+
+
+def test_varied_workload_has_short_and_long_answers_and_is_reproducible() -> None:
+    lengths = output_lengths(64, varied=True, seed=3)
+    assert lengths == output_lengths(64, varied=True, seed=3)
+    assert all(16 <= n <= 48 or 192 <= n <= 256 for n in lengths)
+    assert any(n <= 48 for n in lengths) and any(n >= 192 for n in lengths)
+
+
+def test_equal_workload_asks_for_the_same_total_with_one_length() -> None:
+    varied, equal = output_lengths(64, varied=True, seed=3), output_lengths(64, varied=False, seed=3)
+    assert len(set(equal)) == 1
+    assert abs(sum(equal) - sum(varied)) <= len(varied) / 2  # only the rounding of the mean differs
+
+
+def test_static_slot_use_counts_idle_slots_of_each_wave() -> None:
+    # waves of 2: [10, 40] runs 40 steps x 2 slots = 80 slot-steps for 50 tokens; [20, 20]: 40 for 40.
+    result = BatchingComparison(
+        "t", 2, (10, 40, 20, 20), Throughput("c", 4, 90, 1.0), Throughput("s", 4, 90, 2.0)
+    )
+    assert result.static_slot_use == pytest.approx(90 / 120)
+    assert result.speedup == pytest.approx(2.0)
+
+
+class FakeEngine:
+    """Records what each ``generate`` call was given; answers every request with its ``max_tokens``."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+
+    def generate(self, prompts: list[str], params, use_tqdm: bool = False) -> list[SimpleNamespace]:
+        params = params if isinstance(params, list) else [params] * len(prompts)
+        self.calls.append([p.max_tokens for p in params])
+        return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[0] * p.max_tokens)]) for p in params]
+
+
+def test_both_sides_run_the_same_requests_on_the_same_engine_with_the_same_slots() -> None:
+    engine, lengths = FakeEngine(), output_lengths(12, seed=1)
+    result = compare_batching(engine, [f"p{i}" for i in range(12)], lengths, slots=4, workload="varied")
+    warmup, continuous, *waves = engine.calls
+    assert warmup == [4]
+    assert continuous == lengths  # every request at once: the engine's 4 slots are refilled as requests end
+    assert waves == [lengths[0:4], lengths[4:8], lengths[8:12]]  # static: waves of exactly the slot count
+    assert result.continuous.generated_tokens == result.static.generated_tokens == sum(lengths)
+
+
+def test_fewer_requests_than_slots_cannot_show_requests_joining() -> None:
+    with pytest.raises(ValueError, match="more requests than slots"):
+        compare_batching(FakeEngine(), ["a", "b"], [4, 4], slots=4, workload="x")
+
+
+def test_knee_is_the_point_of_highest_throughput_per_latency() -> None:
+    # power = throughput / latency = 10, 18.1, 23.1, 12.8: the knee is concurrency 4
+    assert knee([1, 2, 4, 8], [10, 19, 30, 32], [1.0, 1.05, 1.3, 2.5]) == 2
+
+
+def test_decode_bounds_hand_worked() -> None:
+    # 94 GFLOP/s / (2 x 134,515,008 FLOPs per token) = 349.4 tok/s (the issue's 2-core figure);
+    # 10 GB/s / 538,060,032 bytes of fp32 weights per step = 18.6 tok/s at batch 1.
+    bounds = decode_bounds(MachineProbe(2, 94e9, 10e9), 134_515_008, 538_060_032)
+    assert bounds.compute_tokens_per_s == pytest.approx(349.4, abs=0.1)
+    assert bounds.bandwidth_tokens_per_s == pytest.approx(18.59, abs=0.01)
+    assert bounds.share(200.0) == pytest.approx(200 / 349.4, rel=1e-3)
+
+
+def test_probe_measures_this_machine() -> None:
+    machine = probe(threads=1, size=128, copy_mib=8, seconds=0.05)
+    assert machine.threads == 1 and machine.matmul_flops > 1e8 and machine.bandwidth > 1e8
