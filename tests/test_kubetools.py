@@ -15,7 +15,9 @@ def test_pinned_kubectl_and_helm_install_and_run(tmp_path) -> None:
     installed = kubetools.install_pinned(tmp_path)
     version = kubetools.client_version(str(installed["kubectl"]))
     assert version is not None and version >= kubetools.MIN_KUBECTL
-    helm = subprocess.run([str(installed["helm"]), "version", "--short"], capture_output=True, text=True)
+    helm = subprocess.run(
+        [str(installed["helm"]), "version", "--short"], capture_output=True, text=True, timeout=60
+    )
     assert helm.returncode == 0 and helm.stdout.startswith("v")
 
 
