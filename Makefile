@@ -122,7 +122,7 @@ lint: install  ## ruff
 	$(BIN)/ruff check src tests $(wildcard scripts)
 	$(BIN)/ruff format --check src tests $(wildcard scripts)
 
-unit: model  ## fast tests (no engine start)
+unit: model redis  ## fast tests (no engine start; the store tests start a redis-server)
 	@$(call timed,unit tests,$(BIN)/pytest -m "not slow" -q --timeout=120)
 
 slow: model  ## tests that start real vLLM engines and servers

