@@ -139,7 +139,11 @@ def test_streams_cut_by_a_dying_backend_recover_with_the_clients_retry(stack: Ga
     try:
         assert result.killed in ("vllm-a", "vllm-b", "vllm-b-fallback")
         assert result.cut_without_retry >= 1, "no stream was in flight on the killed backend"
-        assert result.cut_reasons()["error event"] >= 1, result.cut_reasons()  # cut mid-stream by the gateway
+        # Where the kill lands is timing: mid-stream (an error event, no [DONE]) or before a stream starts
+        # (a 503). Either way the client got no complete answer without its retry. tests/test_gateway.py shows
+        # the mid-stream cut on real vLLM servers.
+        kinds = ("error event", "connection dropped", "the stream ended without", "HTTP 5", "no connection")
+        assert all(reason.startswith(kinds) for reason in result.cut_reasons()), result.cut_reasons()
         assert result.recovered_with_retry == result.cut_without_retry and result.lost == 0
     finally:
         for index in range(2):
