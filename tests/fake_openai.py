@@ -35,10 +35,8 @@ def _chunk(text: str | None, finish: str | None, model: str) -> dict[str, Any]:
     }
 
 
-class Handler(BaseHTTPRequestHandler):
-    delay = 0.02
-    seen: set[str] = set()  # messages whose failure marker already fired
-    protocol_version = "HTTP/1.1"
+class JsonHandler(BaseHTTPRequestHandler):
+    """An HTTP handler that answers with JSON bodies (the fakes of this file and of the cluster tests)."""
 
     def _json(self, body: dict[str, Any], status: int = 200) -> None:
         data = json.dumps(body).encode()
@@ -47,6 +45,12 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+class Handler(JsonHandler):
+    delay = 0.02
+    seen: set[str] = set()  # messages whose failure marker already fired
+    protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
         if self.path == "/health":

@@ -14,13 +14,14 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
+from fake_openai import JsonHandler
 from rendered import ROOT, by_kind, objects, one
 
 from vllm_workshop import k8s
@@ -130,19 +131,14 @@ def test_the_stores_keep_their_data_on_a_volume() -> None:
 # ------------------------------------------------------------------ the Job that registers Open WebUI's key
 
 
-class FakeLiteLLM(BaseHTTPRequestHandler):
+class FakeLiteLLM(JsonHandler):
     """/key/info and /key/generate as LiteLLM answers them; keys in memory, master key ``sk-master``."""
 
     keys: dict[str, dict[str, Any]] = {}
     generated: list[dict[str, Any]] = []
 
     def _answer(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self._json(body, status)
 
     def _authorized(self) -> bool:
         if self.headers.get("Authorization") != "Bearer sk-master":
