@@ -48,9 +48,10 @@ timed = start=$$(date +%s); $(2); rc=$$?; secs=$$(( $$(date +%s) - start )); \
 	echo "==> $(1): $${secs} s"; mkdir -p .lab; \
 	echo "$$(date -u +%FT%TZ) $(1) $${secs}s rc=$$rc" >> .lab/timings.log; exit $$rc
 # $(call pip_in,VENV,ARGS): pip install into VENV; the .pip-running marker (holding the shell's pid) tells a
-# later make that this install was interrupted.
+# later make that this install was interrupted. --no-compile: bytecode is written on first import instead of
+# for every file at install time (CPU the parallel installs share).
 pip_in = echo $$$$ > $(1)/.pip-running && $(1)/bin/python -m pip --disable-pip-version-check install \
-	--prefer-binary $(2) && rm -f $(1)/.pip-running
+	--prefer-binary --no-compile $(2) && rm -f $(1)/.pip-running
 # A venv is half-made when its python cannot import pip (a failed `venv`) or a pip run left its marker behind
 # with no live process. Such a venv is removed here, so the rules below rebuild it instead of half-using it.
 venv_state = $(if $(wildcard $(1)),$(shell \
@@ -72,7 +73,7 @@ GATEWAY_STAMP := $(GATEWAY_VENV)/.stamp-$(call pins,$(LITELLM_PKG),$(GATEWAY_CON
 WEBUI_STAMP   := $(WEBUI_VENV)/.stamp-$(call pins,$(WEBUI_PKG) $(CPU_TORCH),$(WEBUI_CONSTRAINTS))
 QUANT_STAMP   := $(QUANT_VENV)/.stamp-$(call pins,$(QUANT_PKG) $(CPU_TORCH),$(QUANT_CONSTRAINTS))
 
-.PHONY: help install model lab test lint unit slow notebooks bench clean distclean freeze-side gpu-smoke cluster-checks \
+.PHONY: help install installs model lab test lint unit slow notebooks bench clean distclean freeze-side gpu-smoke cluster-checks \
 	tools render validate preflight deploy undeploy gateway-install gateway browser redis quant-install
 
 print-%:  # make print-VAR shows a variable (the install tests read the stamps' names this way)
@@ -93,7 +94,8 @@ ifeq ($(LANE),cpu)
 	@echo "==> removing torchvision/torchaudio/torchcodec (PyPI builds break beside torch+cpu; text needs none)"
 	$(PIP) uninstall -y torchvision torchaudio torchcodec
 endif
-	$(PIP) freeze --exclude-editable | grep -v ' @ ' > $(VENV)/constraints.txt
+	@# click is left free: GuideLLM (module 7) pins click~=8.4, which the vLLM tree accepts too.
+	$(PIP) freeze --exclude-editable | grep -v -e ' @ ' -e '^click==' > $(VENV)/constraints.txt
 	touch $@
 
 $(PROJECT_STAMP): $(VLLM_STAMP) pyproject.toml
@@ -138,7 +140,13 @@ gpu-smoke:  ## GPU lane: every notebook under nbval on the GPU, pass/fail and ti
 	$(MAKE) GPU=1 model
 	LAB_DEVICE=cuda .venv-gpu/bin/python scripts/gpu_smoke.py --cell-timeout $(CELL_TIMEOUT)
 
-test: gateway-install quant-install lint validate cluster-checks unit slow notebooks  ## install, then the whole suite (notebooks included)
+# The four venvs install at once: their downloads and unpacking overlap instead of queueing (the side venvs do not
+# depend on .venv). Each keeps its own stamp, log lines and timing.
+installs:  ## every venv of the suite, in parallel (.venv, LiteLLM, Open WebUI, llm-compressor)
+	@$(call timed,all venvs in parallel,$(MAKE) --no-print-directory -j4 --output-sync=target \
+		$(PROJECT_STAMP) $(GATEWAY_STAMP) $(WEBUI_STAMP) $(QUANT_STAMP))
+
+test: installs gateway-install quant-install lint validate cluster-checks unit slow notebooks  ## install, then the whole suite (notebooks included)
 	@echo "==> all checks passed"
 
 # Side venvs: LiteLLM alone; Open WebUI and llm-compressor with the CPU torch wheel (pinned in the same command,

@@ -1,10 +1,12 @@
-"""Serving benchmark: the same load at several concurrencies against an OpenAI-compatible endpoint.
+"""Serving benchmark with vLLM's own tool: a Poisson request-rate sweep, goodput against an SLO, a plot.
 
-Prints TTFT p50/p99, inter-token latency, throughput and each concurrency's throughput ratio to the first one,
-all measured in this run, and saves a plot. Without --base-url it starts `vllm serve` for the lab settings.
+Without --base-url it starts `vllm serve` for the lab settings. It first saturates the server (all requests
+at once, --saturate-concurrency in flight) to find its ceiling, then sends Poisson arrivals at the given
+fractions of that ceiling. Every run is bounded: --requests per point and --timeout seconds per run.
+Writes artifacts/bench/sweep.json and artifacts/bench/frontier.png.
 
     make bench
-    python scripts/bench_serving.py --base-url http://localhost:8000/v1 --model my-model --concurrency 1 8 32
+    python scripts/bench_serving.py --base-url http://localhost:8000 --model my-model --slo-ttft-ms 500
 """
 
 from __future__ import annotations
@@ -14,82 +16,81 @@ import sys
 from pathlib import Path
 
 from vllm_workshop import LabError, lab_settings
-from vllm_workshop.loadgen import LoadRequest, run_load, summarize
+from vllm_workshop.benchmarks import Workload, frontier_knee, frontier_plot, rate_sweep, save_points, table
+from vllm_workshop.benchmarks import vllm_bench as run_vllm_bench
+from vllm_workshop.capacity import Slo, best_goodput
+from vllm_workshop.model import resolve_model
 from vllm_workshop.offline import format_table
+from vllm_workshop.paths import project_root
 from vllm_workshop.server import VllmServer
-from vllm_workshop.workloads import chat_requests
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     scale = lab_settings().scale
+    out = project_root() / "artifacts" / "bench"
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--base-url", help="OpenAI base URL (default: start a local vllm serve)")
+    parser.add_argument("--base-url", help="server URL, http://host:port (default: start a local vllm serve)")
     parser.add_argument("--model", help="model name at --base-url (default: the first of /v1/models)")
-    parser.add_argument("--api-key", default="none")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--requests", type=int, default=16 * scale, help="requests per concurrency level")
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--plot", default="artifacts/bench-serving.png")
+    parser.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the lab model)")
+    parser.add_argument("--api-key", help="API key, for a gateway")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.3, 0.6, 0.9])
+    parser.add_argument("--requests", type=int, default=100 * scale, help="requests per point")
+    parser.add_argument("--saturate-concurrency", type=int, default=32)
+    parser.add_argument("--input-tokens", type=int, default=64)
+    parser.add_argument("--output-tokens", type=int, default=16)
+    parser.add_argument("--slo-ttft-ms", type=float, default=2000)
+    parser.add_argument("--slo-tpot-ms", type=float, default=250)
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per run")
+    parser.add_argument("--out", default=str(out))
     return parser.parse_args(argv)
 
 
-def bench(base_url: str, model: str, args: argparse.Namespace) -> list[dict]:
-    load = [LoadRequest("bench", chat, args.max_tokens) for chat in chat_requests(args.requests, seed=11)]
-    run_load(base_url, model, load[:2], concurrency=2, api_key=args.api_key)  # warm-up
-    rows = []
-    for concurrency in args.concurrency:
-        records, wall = run_load(base_url, model, load, concurrency, api_key=args.api_key)
-        row = summarize(records, wall, f"concurrency {concurrency}")
-        if row["errors"]:
-            first = next(r.error for r in records if r.error)
-            raise LabError(f"{row['errors']} requests failed at concurrency {concurrency}: {first}")
-        rows.append(row)
-        print(
-            f"  concurrency {concurrency}: {row['tok/s']} tok/s, TTFT p50 {row['ttft_p50_s']} s", flush=True
-        )
-    for row in rows:
-        row["x vs first"] = round(row["tok/s"] / rows[0]["tok/s"], 2)
-    return rows
-
-
-def plot(rows: list[dict], path: str) -> Path:
-    from vllm_workshop.plots import plt, save
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
-    levels = [int(r["run"].split()[-1]) for r in rows]
-    left.plot(levels, [r["tok/s"] for r in rows], marker="o")
-    left.set(title="Throughput", xlabel="concurrency", ylabel="generated tokens/s", xscale="log")
-    right.plot(levels, [r["ttft_p50_s"] for r in rows], marker="o", label="TTFT p50")
-    right.plot(levels, [r["ttft_p99_s"] for r in rows], marker="o", label="TTFT p99")
-    right.set(title="Time to first token", xlabel="concurrency", ylabel="seconds", xscale="log")
-    right.legend()
-    fig.tight_layout()
-    return save(left, path)
+def sweep(base_url: str, model: str, tokenizer: str, args: argparse.Namespace) -> int:
+    workload = Workload(args.input_tokens, args.output_tokens)
+    slo = Slo(args.slo_ttft_ms, args.slo_tpot_ms)
+    common = {"api_key": args.api_key, "out_dir": args.out, "timeout_s": args.timeout}
+    print(f"saturating {base_url}: {args.requests} requests, {args.saturate_concurrency} at once", flush=True)
+    ceiling = run_vllm_bench(
+        base_url, model, tokenizer, workload, args.requests,
+        concurrency=args.saturate_concurrency, slo=slo, label="saturated", **common,
+    )  # fmt: skip
+    rates = [round(f * ceiling.req_s, 2) for f in args.fractions]
+    print(f"ceiling {ceiling.req_s:.2f} req/s; Poisson rates {rates}", flush=True)
+    points = rate_sweep(base_url, model, tokenizer, workload, rates, args.requests, slo, **common)
+    print(format_table(table([*points, ceiling])))
+    knee = points[frontier_knee(points)]
+    print(f"knee: {knee.label} ({knee.out_tok_s:.1f} output tok/s, E2E p50 {knee.e2e_p50_ms:.0f} ms)")
+    try:
+        best = best_goodput(points, slo)
+        print(f"best goodput at {slo}: {best.goodput_req_s:.2f} req/s at {best.label}")
+    except LabError as exc:
+        print(f"goodput: {exc}")
+    out = Path(args.out)
+    meta = {"workload": workload.__dict__, "slo": slo.__dict__, "base_url": base_url, "model": model}
+    print(f"results: {save_points([*points, ceiling], out / 'sweep.json', **meta)}")
+    frontier_plot(points, f"vllm bench serve, {model}: knee at {knee.label}", out / "frontier.png")
+    print(f"plot: {out / 'frontier.png'}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        tokenizer = args.tokenizer or resolve_model(lab_settings().model)
         if args.base_url:
-            from openai import OpenAI
+            from vllm_workshop.benchmarks import check_endpoint
 
-            model = (
-                args.model or OpenAI(base_url=args.base_url, api_key=args.api_key).models.list().data[0].id
-            )
-            rows = bench(args.base_url, model, args)
-        else:
-            settings = lab_settings()
-            print(f"starting vllm serve ({settings.describe()})", flush=True)
-            with VllmServer(settings, max_num_seqs=max(args.concurrency)) as server:
-                rows = bench(server.openai_base_url, server.served_model_name, args)
+            model = args.model or check_endpoint(args.base_url, args.api_key)[0]
+            return sweep(args.base_url, model, tokenizer, args)
+        settings = lab_settings()
+        print(f"starting vllm serve ({settings.describe()}; {settings.binding_summary()})", flush=True)
+        with VllmServer(settings, max_num_seqs=args.saturate_concurrency) as server:
+            return sweep(server.base_url, server.served_model_name, tokenizer, args)
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(format_table(rows))
-    print(f"plot: {plot(rows, args.plot)}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from vllm_workshop.batching import BatchingComparison, Throughput, compare_batching, knee, output_lengths
+from vllm_workshop.batching import BatchingComparison, Throughput, compare_batching, output_lengths
 from vllm_workshop.ceiling import MachineProbe, decode_bounds, probe
+from vllm_workshop.loadgen import knee
 
 
 def test_varied_workload_has_short_and_long_answers_and_is_reproducible() -> None:
@@ -76,3 +77,24 @@ def test_decode_bounds_hand_worked() -> None:
 def test_probe_measures_this_machine() -> None:
     machine = probe(threads=1, size=128, copy_mib=8, seconds=0.05)
     assert machine.threads == 1 and machine.matmul_flops > 1e8 and machine.bandwidth > 1e8
+
+
+def test_in_flight_hands_the_engine_groups_of_that_size() -> None:
+    from vllm_workshop.batching import measure_generate
+
+    class Engine:
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+
+        def generate(self, prompts: list[str], params: object, use_tqdm: bool) -> list[object]:
+            self.calls.append(len(prompts))
+            out = SimpleNamespace(token_ids=[0] * params.max_tokens)  # type: ignore[attr-defined]
+            return [SimpleNamespace(outputs=[out]) for _ in prompts]
+
+    engine = Engine()
+    result, outputs = measure_generate(engine, [f"p{i}" for i in range(40)], 5, "x", in_flight=16)
+    assert engine.calls == [1, 16, 16, 8]  # the warm-up, then at most 16 at a time
+    assert (result.requests, result.generated_tokens, len(outputs)) == (40, 200, 40)
+    engine.calls.clear()
+    measure_generate(engine, [f"p{i}" for i in range(40)], 5, "x")
+    assert engine.calls == [1, 40]

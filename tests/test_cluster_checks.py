@@ -180,6 +180,25 @@ def test_an_undefined_variable_is_reported() -> None:
     assert "no ConfigMap or env defines GPU_MEMORY_UTILIZATION" in problem
 
 
+def test_a_chat_template_must_come_from_a_mounted_config_map() -> None:
+    objs = objects("cpu-features")
+    assert cluster_checks.vllm_command_lines(objs) == []  # the template's ConfigMap is mounted where args say
+    (deployment,) = by_kind(objs, "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "chat-template"]
+    (problem,) = cluster_checks.vllm_command_lines(objs)
+    assert "tool_chat_template.jinja) appears path-like, but doesn't exist" in problem
+
+
+def test_lora_modules_are_read_by_vllms_parser() -> None:
+    args = parse_serve_argv(["m", "--enable-lora", "--lora-modules=persona=/adapters/persona"])
+    assert args.enable_lora and [(m.name, m.path) for m in args.lora_modules] == [
+        ("persona", "/adapters/persona")
+    ]
+    with pytest.raises(VllmArgsError):
+        parse_serve_argv(["m", "--enable-lora", "--max-lora-rank=zero"])
+
+
 def test_tensor_parallel_24_does_not_divide_llama_70b_heads() -> None:
     objs = objects("inf2-llama31-70b")
     config(objs)["TENSOR_PARALLEL_SIZE"] = "24"

@@ -8,6 +8,7 @@ One stack serves the module; tests that kill a backend start it again before the
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +17,22 @@ import pytest
 from fake_openai import PROMPT_TOKENS, fake_backend
 from openai import APIStatusError, OpenAI
 
-from vllm_workshop import gateway, lab_settings
-from vllm_workshop.gateway import GatewayStack, ensure_keys, key_for, litellm_server, openai_url, webui_server
+from vllm_workshop import LabError, gateway, lab_settings
+from vllm_workshop.gateway import (
+    LAB_USER_EMAIL,
+    GatewayStack,
+    ensure_keys,
+    key_for,
+    litellm_server,
+    openai_url,
+    webui_server,
+)
 from vllm_workshop.gateway_lessons import all_backends_down, refused, stream_failover
 from vllm_workshop.server import free_port
 from vllm_workshop.store import StoreError
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 pytestmark = pytest.mark.slow  # real LiteLLM proxies and Redis: about a minute and a half in all
 
@@ -67,6 +79,54 @@ def test_open_webui_has_its_own_key_scoped_to_the_lab_model(stack: GatewayStack)
     assert refused(stack, "webui", 1) == ["ok"]
     (outcome,) = refused(stack, "webui", 1, model="lab-model-fallback")
     assert outcome == "401: Key 'webui' may only use lab-model, not 'lab-model-fallback'."
+
+
+def test_open_webui_chat_in_a_real_browser(stack: GatewayStack) -> None:
+    """A learner's chat: Chromium -> Open WebUI -> LiteLLM (its webui key) -> a backend, and back."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import expect, sync_playwright
+
+    webui = webui_server(stack.gateway.base_url).start(300)
+    ARTIFACTS.mkdir(exist_ok=True)
+    sent_at = time.time()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        try:
+            page.goto(webui.base_url + "/auth", wait_until="networkidle")
+            page.locator('input[type="email"]').fill(LAB_USER_EMAIL)
+            page.locator('input[type="password"]').fill(ensure_keys()["webui_password"])
+            page.locator('button[type="submit"]').click()
+            chat_input = page.locator("#chat-input")
+            expect(chat_input).to_be_visible(timeout=60_000)
+            whats_new = page.get_by_role("button", name="Okay, Let's Go!")  # release notes on first login
+            try:
+                whats_new.wait_for(state="visible", timeout=5_000)
+                whats_new.click()
+            except PlaywrightTimeout:
+                pass
+            picker = page.get_by_role("button", name="Select a model")
+            if picker.count():  # no default model: pick the gateway's model group like a user would
+                picker.first.click()
+                page.get_by_text("lab-model", exact=True).first.click()
+            chat_input.click()
+            page.keyboard.type("What is the capital of France?")  # the fakes answer w0 w1 ...
+            page.keyboard.press("Enter")
+            answer = page.locator("#response-content-container").last
+            expect(answer).to_contain_text("w0 w1 w2", timeout=120_000)
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(ARTIFACTS / "openwebui-chat.png"), full_page=True)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "openwebui-failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
+    with pytest.raises(LabError, match="already in use"):  # a second Open WebUI on its port
+        webui_server(stack.gateway.base_url, port=webui.port).start()
+    webui.stop()
+    served = [r for r in gateway.read_request_log() if r["time"] >= sent_at and r["status"] == "success"]
+    assert any(r["key_alias"] == "webui" and r["model_group"] == "lab-model" for r in served), served
+    assert (ARTIFACTS / "openwebui-chat.png").stat().st_size > 10_000
 
 
 def test_spend_budget_and_rate_limit_survive_a_proxy_restart(stack: GatewayStack) -> None:
@@ -140,7 +200,7 @@ def test_streams_cut_by_a_dying_backend_recover_with_the_clients_retry(stack: Ga
         assert result.killed in ("vllm-a", "vllm-b", "vllm-b-fallback")
         assert result.cut_without_retry >= 1, "no stream was in flight on the killed backend"
         # Where the kill lands is timing: mid-stream (an error event, no [DONE]) or before a stream starts
-        # (a 503). Either way the client got no complete answer without its retry. tests/test_gateway.py shows
+        # (a 503). Either way the client got no complete answer without its retry. notebook 06 shows
         # the mid-stream cut on real vLLM servers.
         kinds = ("error event", "connection dropped", "the stream ended without", "HTTP 5", "no connection")
         assert all(reason.startswith(kinds) for reason in result.cut_reasons()), result.cut_reasons()

@@ -57,15 +57,24 @@ def kv_cache_info(llm: Any) -> dict[str, int]:
 
 
 def measure_generate(
-    llm: Any, prompts: list[str], max_tokens: int, label: str
+    llm: Any, prompts: list[str], max_tokens: int, label: str, in_flight: int | None = None
 ) -> tuple[Throughput, list[Any]]:
-    """Time one ``generate`` of ``prompts``, each making exactly ``max_tokens`` tokens (after a warm-up)."""
+    """Time ``generate`` of ``prompts``, each making exactly ``max_tokens`` tokens (after a warm-up).
+
+    ``in_flight``: hand the engine that many prompts at a time (the next group once the last is done), so at
+    most ``in_flight`` run together on an engine configured for more; default all at once.
+    """
     from vllm import SamplingParams
 
     llm.generate(prompts[:1], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)  # warm-up
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    step = in_flight or len(prompts)
     start = time.perf_counter()
-    outputs = llm.generate(prompts, params, use_tqdm=False)
+    outputs = [
+        o
+        for i in range(0, len(prompts), step)
+        for o in llm.generate(prompts[i : i + step], params, use_tqdm=False)
+    ]
     seconds = time.perf_counter() - start
     tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
     return Throughput(label, len(prompts), tokens, seconds), outputs
@@ -87,6 +96,23 @@ def vllm_throughput(
     try:
         result, _ = measure_generate(llm, prompts, max_tokens, label or f"vLLM max_num_seqs={max_num_seqs}")
         return result, kv_cache_info(llm)
+    finally:
+        close_llm(llm)
+
+
+def vllm_throughputs(
+    settings: LabSettings, prompts: dict[int, list[str]], max_tokens: int, **engine: Any
+) -> list[Throughput]:
+    """One engine (``max_num_seqs`` = the largest level), timed at each level of ``{in_flight: prompts}``.
+
+    The same engine settings at every level, and one engine start instead of one per level.
+    """
+    llm = start_llm(settings, max_num_seqs=max(prompts), **engine)
+    try:
+        return [
+            measure_generate(llm, batch, max_tokens, f"vLLM {level} in flight", in_flight=level)[0]
+            for level, batch in prompts.items()
+        ]
     finally:
         close_llm(llm)
 
@@ -216,15 +242,3 @@ def compare_batching(
 
 def _generated(outputs: list[Any]) -> int:
     return sum(len(o.outputs[0].token_ids) for o in outputs)
-
-
-def knee(concurrency: list[int], throughput: list[float], latency: list[float]) -> int:
-    """Index of the knee of a throughput-latency curve: the point of highest throughput / latency ("power").
-
-    Before it, more concurrency buys throughput almost for free; after it, latency grows faster than
-    throughput.
-    """
-    if not concurrency or not len(concurrency) == len(throughput) == len(latency):
-        raise ValueError("one throughput and one latency per concurrency level")
-    power = [t / lat for t, lat in zip(throughput, latency, strict=True)]
-    return max(range(len(power)), key=power.__getitem__)

@@ -25,8 +25,10 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -215,6 +217,32 @@ def _neuron_problems(
     return problems
 
 
+def mounted_files(spec: Obj, container: Obj, objects: list[Obj], into: Path) -> dict[str, str]:
+    """``{path in the container: local copy}`` for every key of every ConfigMap the container mounts."""
+    maps = {o["metadata"]["name"]: o.get("data", {}) for o in objects if o.get("kind") == "ConfigMap"}
+    volumes = {v["name"]: v["configMap"]["name"] for v in spec.get("volumes", []) if "configMap" in v}
+    local = {}
+    for mount in container.get("volumeMounts", []):
+        data = maps.get(volumes.get(mount["name"], ""), {})
+        for key, text in data.items():
+            if mount.get("subPath") not in (None, key):
+                continue
+            path = mount["mountPath"] if mount.get("subPath") else f"{mount['mountPath'].rstrip('/')}/{key}"
+            copy = into / f"{len(local)}-{key}"
+            copy.write_text(text)
+            local[path] = str(copy)
+    return local
+
+
+def with_local_files(argv: list[str], local: dict[str, str]) -> list[str]:
+    """``argv`` with container paths (``--flag=PATH`` or ``PATH``) replaced by their local copies."""
+    out = []
+    for arg in argv:
+        flag, eq, value = arg.partition("=")
+        out.append(f"{flag}={local[value]}" if eq and value in local else local.get(arg, arg))
+    return out
+
+
 def check_container_command(pod: RuntimePod, container: Obj, objects: list[Obj]) -> tuple[list[str], bool]:
     """Problems of one container's ``vllm serve`` line, and whether the pinned parser read it."""
     where = f"{pod.owner}:{container['name']}"
@@ -235,10 +263,12 @@ def check_container_command(pod: RuntimePod, container: Obj, objects: list[Obj])
     if parsed:
         from vllm_workshop.vllm_args import parse_serve_argv
 
-        try:
-            args = parse_serve_argv(argv)
-        except VllmArgsError as exc:
-            return [f"{where}: vLLM rejects `vllm serve {' '.join(argv)}`: {exc}"], True
+        with tempfile.TemporaryDirectory() as files:
+            local = mounted_files(pod.spec, container, objects, Path(files))
+            try:  # vLLM checks that files it is given exist: give it the ConfigMap files the pod mounts
+                args = parse_serve_argv(with_local_files(argv, local))
+            except VllmArgsError as exc:
+                return [f"{where}: vLLM rejects `vllm serve {' '.join(argv)}`: {exc}"], True
         model, tp, pp = args.model, args.tensor_parallel_size, args.pipeline_parallel_size
         nnodes, seqs, max_len = args.nnodes, args.max_num_seqs, args.max_model_len
     else:

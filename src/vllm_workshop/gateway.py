@@ -24,6 +24,7 @@ from vllm_workshop.planning import ReplicaPlan, replica_plan
 from vllm_workshop.server import ManagedServer, VllmServer, free_port
 from vllm_workshop.settings import LabSettings
 from vllm_workshop.store import KeyStore, RedisAddress, connect, start_store
+from vllm_workshop.tools import serve_args as tool_args
 
 GATEWAY_VENV = ".venv-gateway"
 WEBUI_VENV = ".venv-webui"
@@ -70,6 +71,22 @@ def gateway_dir() -> Path:
 def config_path() -> Path:
     """The LiteLLM proxy config in the repository."""
     return project_root() / "modules" / "06-gateway" / "litellm" / "config.yaml"
+
+
+def config_with_models(models: dict[str, str], path: Path | None = None) -> Path:
+    """The lab's LiteLLM config plus one model group per ``{gateway name: served name}`` on backend A (e.g. a
+    LoRA adapter the backend serves under its own name); written to ``.lab/gateway/`` and returned."""
+    import yaml
+
+    config = yaml.safe_load(config_path().read_text())
+    template = next(m for m in config["model_list"] if m["model_info"]["id"] == "vllm-a")
+    for name, served in models.items():
+        params = {**template["litellm_params"], "model": f"hosted_vllm/{served}"}
+        group = {"model_name": name, "litellm_params": params, "model_info": {"id": name}}
+        config["model_list"].append(group)
+    path = path or gateway_dir() / f"config-{'-'.join(models)}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 def executable(venv: str, name: str) -> Path:
@@ -149,8 +166,11 @@ def read_request_log(path: Path | None = None) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def litellm_server(backends: list[str], store: RedisAddress, port: int | None = None) -> ManagedServer:
-    """The LiteLLM proxy for two backend base URLs (``http://host:port/v1``), keys and limits in ``store``."""
+def litellm_server(
+    backends: list[str], store: RedisAddress, port: int | None = None, config: Path | None = None
+) -> ManagedServer:
+    """The LiteLLM proxy for two backend base URLs (``http://host:port/v1``), keys and limits in ``store``;
+    ``config`` replaces the lab's config file (see :func:`config_with_models`)."""
     keys = ensure_keys()
     port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}  # only the store given here
@@ -178,7 +198,7 @@ def litellm_server(backends: list[str], store: RedisAddress, port: int | None = 
     command = [
         str(executable(GATEWAY_VENV, "litellm")),
         "--config",
-        str(config_path()),
+        str(config or config_path()),
         "--host",
         "127.0.0.1",
         "--port",
@@ -261,6 +281,7 @@ class GatewayStack:
     webui: ManagedServer | None = None
     store: ManagedServer | None = None  # the Redis this stack started (None when it uses another's)
     store_address: RedisAddress | None = None
+    config: Path | None = None  # another LiteLLM config (default: the lab's)
 
     def start(self, timeout: float = 600) -> GatewayStack:
         """Start the store, the backends, the proxy (and Open WebUI); on a failure stop them all, re-raise."""
@@ -273,7 +294,7 @@ class GatewayStack:
             else:
                 self.start_backends(timeout)
             self.gateway = litellm_server(
-                [openai_url(b) for b in self.backends], self.store_address, self.gateway_port
+                [openai_url(b) for b in self.backends], self.store_address, self.gateway_port, self.config
             )
             self.gateway.start(timeout)
             if self.with_webui:
@@ -295,8 +316,19 @@ class GatewayStack:
     def start_backends(self, timeout: float) -> None:
         """Two vLLM servers as the planner says: own cores each on the CPU, a memory share each on one GPU."""
         plan = self.replica_plan()
+        try:
+            tools = tool_args(self.settings.model)  # the gateway passes tools through: vLLM must parse calls
+        except LabError as exc:  # a model whose tool format the lab does not know: serve it without tools
+            print(f"note: {exc}", flush=True)
+            tools = []
         for overrides, binding in zip(plan.engine_overrides, plan.bindings, strict=True):
-            backend = VllmServer(self.settings, served_model_name=SERVED_NAME, binding=binding, **overrides)
+            backend = VllmServer(
+                self.settings,
+                served_model_name=SERVED_NAME,
+                binding=binding,
+                extra_args=tools,
+                **overrides,
+            )
             self.backends.append(backend.launch())
             if not plan.start_together:  # one GPU: the second profiles memory after the first holds its share
                 backend.wait_healthy(timeout)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,3 +130,15 @@ def summarize(records: list[RequestRecord], wall_s: float, label: str = "") -> d
         "tok/s": round(tokens / wall_s, 1) if wall_s else 0.0,
         "req/s": round(len(ok) / wall_s, 2) if wall_s else 0.0,
     }
+
+
+def knee(concurrency: Sequence[float], throughput: Sequence[float], latency: Sequence[float]) -> int:
+    """Index of the knee of a throughput-latency curve: the point of highest throughput / latency ("power").
+
+    Before it, more concurrency buys throughput almost for free; after it, latency grows faster than
+    throughput.
+    """
+    if not concurrency or not len(concurrency) == len(throughput) == len(latency):
+        raise ValueError("one throughput and one latency per concurrency level")
+    power = [t / lat for t, lat in zip(throughput, latency, strict=True)]
+    return max(range(len(power)), key=power.__getitem__)

@@ -227,6 +227,7 @@ class VllmServer(ManagedServer):
         served_model_name: str | None = None,
         extra_args: Sequence[str] = (),
         binding: dict[str, str] | None = None,
+        extra_env: dict[str, str] | None = None,
         **engine_overrides: object,
     ) -> None:
         model = resolve_model(settings.model)
@@ -246,7 +247,8 @@ class VllmServer(ManagedServer):
         ]
         chosen = port if port is not None else free_port()
         command[command.index("PORT")] = str(chosen)
-        super().__init__(command, name="vllm", port=chosen, env=settings.process_env(binding))
+        env = {**settings.process_env(binding), **(extra_env or {})}
+        super().__init__(command, name="vllm", port=chosen, env=env)
 
     @property
     def openai_base_url(self) -> str:

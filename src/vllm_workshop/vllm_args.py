@@ -55,6 +55,7 @@ def parse_serve_argv(argv: list[str]) -> argparse.Namespace:
     (``validate_parsed_serve_args``), reject the line.
     """
     from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
+    from vllm.exceptions import VLLMValidationError
 
     parser = _parser()
     try:
@@ -65,6 +66,6 @@ def parse_serve_argv(argv: list[str]) -> argparse.Namespace:
         validate_parsed_serve_args(args)
     except VllmArgsError:
         raise
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, VLLMValidationError) as exc:
         raise VllmArgsError(str(exc)) from exc
     return args
