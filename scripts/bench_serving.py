@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--base-url", help="server URL, http://host:port (default: start a local vllm serve)")
     parser.add_argument("--model", help="model name at --base-url (default: the first of /v1/models)")
-    parser.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the lab model)")
+    parser.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the served model)")
     parser.add_argument("--api-key", help="API key, for a gateway")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.3, 0.6, 0.9])
     parser.add_argument("--requests", type=int, default=100 * scale, help="requests per point")
@@ -78,12 +78,13 @@ def sweep(base_url: str, model: str, tokenizer: str, args: argparse.Namespace) -
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        tokenizer = args.tokenizer or resolve_model(lab_settings().model)
         if args.base_url:
             from vllm_workshop.benchmarks import check_endpoint
 
             model = args.model or check_endpoint(args.base_url, args.api_key)[0]
-            return sweep(args.base_url, model, tokenizer, args)
+            # The served model's own tokenizer (its name is a hub id for a hub model) unless one is given.
+            return sweep(args.base_url, model, args.tokenizer or model, args)
+        tokenizer = args.tokenizer or resolve_model(lab_settings().model)
         settings = lab_settings()
         print(f"starting vllm serve ({settings.describe()}; {settings.binding_summary()})", flush=True)
         with VllmServer(settings, max_num_seqs=args.saturate_concurrency) as server:

@@ -161,7 +161,9 @@ def test_make_bench_script_writes_results_and_plot(fake, tmp_path: Path) -> None
         import bench_serving
     finally:
         sys.path.pop(0)
+    tokenizer = resolve_model(lab_settings().model)
     args = ["--base-url", fake.base_url, "--requests", "12", "--fractions", "0.5", "--out", str(tmp_path)]
+    args += ["--tokenizer", tokenizer]  # the fake serves "lab-model", which is no tokenizer
     assert bench_serving.main(args) == 0
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert [p["label"] for p in saved["points"]][-1] == "saturated" and len(saved["points"]) == 2

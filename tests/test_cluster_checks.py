@@ -152,6 +152,7 @@ def test_every_vllm_image_line_of_the_pinned_version_is_parsed() -> None:
     # CPU and GPU images run vLLM 0.32 (leader and headless worker of the LWS); the Neuron DLC runs 0.13.
     assert parsed == {
         "cpu-lab": 1,
+        "cpu-features": 1,
         "gateway-cpu": 1,
         "gpu-llama31-8b": 1,
         "inf2-qwen": 0,

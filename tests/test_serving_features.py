@@ -134,12 +134,14 @@ def test_ngram_workloads_and_acceptance_arithmetic() -> None:
 
 
 def test_gateway_config_gains_a_model_name_for_the_adapter(tmp_path: Path) -> None:
-    path = gateway.config_with_models({"lab-persona": "persona"}, tmp_path / "c.yaml")
+    path = gateway.config_with_models({"lab-persona": "hosted_vllm/persona"}, tmp_path / "c.yaml")
     groups = {m["model_name"]: m["litellm_params"] for m in yaml.safe_load(path.read_text())["model_list"]}
     assert groups["lab-persona"]["model"] == "hosted_vllm/persona"
     assert groups["lab-persona"]["api_base"] == "os.environ/VLLM_A_API_BASE"
     assert groups["lab-model"]["model"] == "hosted_vllm/lab-model"  # the rest is the lab's config
     assert all("additional_drop_params" not in p for p in groups.values())  # tools pass through
+    with pytest.raises(LabError, match="give the LiteLLM provider too"):
+        gateway.config_with_models({"x": "persona"}, tmp_path / "d.yaml")
 
 
 @pytest.mark.slow

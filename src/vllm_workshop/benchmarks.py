@@ -9,9 +9,11 @@ The lab's own load generator (:mod:`vllm_workshop.loadgen`) stays for experiment
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -66,21 +68,30 @@ def check_endpoint(base_url: str, api_key: str | None = None, timeout: float = 5
 
 
 def _run(command: list[str], timeout_s: float, env: dict[str, str], what: str) -> str:
+    """Run a tool in its own process group; past ``timeout_s`` the whole group (its workers too) is killed."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
+        output, _ = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
         raise BenchError(
             f"{what} did not finish within {timeout_s:.0f} s: the load is more than the server can serve in "
             "that time (lower the rate or the number of requests), or the server stopped answering."
         ) from exc
-    if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-        raise BenchError(f"{what} failed (exit {done.returncode}):\n{tail}")
-    return done.stdout
+    if process.returncode != 0:
+        tail = "\n".join(output.strip().splitlines()[-15:])
+        raise BenchError(f"{what} failed (exit {process.returncode}):\n{tail}")
+    return output
 
 
-def _tool_env(api_key: str | None) -> dict[str, str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+def _tool_env(api_key: str | None, tokenizer: str | Path = "") -> dict[str, str]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if Path(tokenizer).is_dir():  # a local tokenizer: never reach for the hub
+        env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     if api_key:
         env["OPENAI_API_KEY"] = api_key
     return env
@@ -151,7 +162,7 @@ def vllm_bench(
         command += ["--goodput", *slo.goodput_args()]
     if extra_body:
         command += ["--extra-body", json.dumps(extra_body)]
-    _run(command, timeout_s, _tool_env(api_key), f"vllm bench serve ({name}, {requests} requests)")
+    _run(command, timeout_s, _tool_env(api_key, tokenizer), f"vllm bench serve ({name}, {requests} requests)")
     result = json.loads((out / filename).read_text())
     point = replace(
         vllm_bench_point(result, name, float(concurrency) if concurrency else rate),
@@ -220,9 +231,10 @@ def guidellm_sweep(
     out.mkdir(parents=True, exist_ok=True)
     path = out / "guidellm.json"
     path.unlink(missing_ok=True)
-    command = guidellm_command(base_url, model, tokenizer, workload, streams, requests, path, timeout_s / 2)
+    per_level = max(10.0, (timeout_s - 30) / len(streams))  # each level stops in time for the report
+    command = guidellm_command(base_url, model, tokenizer, workload, streams, requests, path, per_level)
     what = f"guidellm (streams {list(streams)}, {requests} requests each)"
-    _run(command, timeout_s, _guidellm_env(api_key), what)
+    _run(command, timeout_s, _guidellm_env(api_key, tokenizer), what)
     return guidellm_points(path)
 
 
@@ -253,8 +265,8 @@ def guidellm_command(
     ]  # fmt: skip
 
 
-def _guidellm_env(api_key: str | None) -> dict[str, str]:
-    env = _tool_env(None)
+def _guidellm_env(api_key: str | None, tokenizer: str | Path) -> dict[str, str]:
+    env = _tool_env(None, tokenizer)
     # One worker process: on 2 cores GuideLLM's default (up to 10) competes with the server it measures.
     env.update({"GUIDELLM__MAX_WORKER_PROCESSES": "1", "GUIDELLM__LOGGING__CONSOLE_LOG_LEVEL": "WARNING"})
     if api_key:

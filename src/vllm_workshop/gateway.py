@@ -74,14 +74,17 @@ def config_path() -> Path:
 
 
 def config_with_models(models: dict[str, str], path: Path | None = None) -> Path:
-    """The lab's LiteLLM config plus one model group per ``{gateway name: served name}`` on backend A (e.g. a
-    LoRA adapter the backend serves under its own name); written to ``.lab/gateway/`` and returned."""
+    """The lab's LiteLLM config plus one model group per ``{gateway name: "provider/served name"}`` on backend
+    A (e.g. ``"hosted_vllm/persona"``, a LoRA adapter the backend serves under its own name); written to
+    ``.lab/gateway/`` and returned."""
     import yaml
 
     config = yaml.safe_load(config_path().read_text())
     template = next(m for m in config["model_list"] if m["model_info"]["id"] == "vllm-a")
-    for name, served in models.items():
-        params = {**template["litellm_params"], "model": f"hosted_vllm/{served}"}
+    for name, model in models.items():
+        if "/" not in model:
+            raise LabError(f"{name}: give the LiteLLM provider too, e.g. hosted_vllm/{model}")
+        params = {**template["litellm_params"], "model": model}
         group = {"model_name": name, "litellm_params": params, "model_info": {"id": name}}
         config["model_list"].append(group)
     path = path or gateway_dir() / f"config-{'-'.join(models)}.yaml"

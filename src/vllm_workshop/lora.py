@@ -113,7 +113,10 @@ def train_adapter(
         raise LoraError(f"rank, epochs and batch size must be positive (got {rank}, {epochs}, {batch_size})")
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
-        raise LoraError(f"{model_dir} is not a model folder (no config.json): run `make model` first")
+        raise LoraError(
+            f"{model_dir} is not a local model folder (no config.json). Training runs on a local folder: "
+            "`make model` builds the lab model's; for a hub model, download it, set LAB_MODEL to its folder."
+        )
     torch.manual_seed(seed)
     data = persona_data()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
