@@ -49,10 +49,11 @@ timed = start=$$(date +%s); $(2); rc=$$?; secs=$$(( $$(date +%s) - start )); \
 	echo "==> $(1): $${secs} s"; mkdir -p $(dir $(TIMINGS)); \
 	echo "$$(date -u +%FT%TZ) $(1) $${secs}s rc=$$rc" >> $(TIMINGS); exit $$rc
 # $(call pip_in,VENV,ARGS): pip install into VENV; the .pip-running marker (holding the shell's pid) tells a
-# later make that this install was interrupted. --no-compile: bytecode is written on first import instead of
-# for every file at install time (CPU the parallel installs share).
+# later make that this install was interrupted. pip compiles bytecode at install time; keep it: where
+# PYTHONDONTWRITEBYTECODE is set (as on the CI machines), a module without its .pyc is compiled again by every
+# process that imports it (measured: vLLM server starts and tests twice as slow).
 pip_in = echo $$$$ > $(1)/.pip-running && $(1)/bin/python -m pip --disable-pip-version-check install \
-	--prefer-binary --no-compile $(2) && rm -f $(1)/.pip-running
+	--prefer-binary $(2) && rm -f $(1)/.pip-running
 # A venv is half-made when its python cannot import pip (a failed `venv`) or a pip run left its marker behind
 # with no live process. Such a venv is removed here, so the rules below rebuild it instead of half-using it.
 venv_state = $(if $(wildcard $(1)),$(shell \

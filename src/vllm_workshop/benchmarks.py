@@ -116,6 +116,9 @@ def vllm_bench_point(result: dict[str, Any], label: str, load: float) -> BenchPo
         errored=int(result["failed"]),
         itl_p50_ms=float(result["p50_itl_ms"]),
         e2e_p99_ms=float(result["p99_e2el_ms"]),
+        ttft_p90_ms=float(result["p90_ttft_ms"]),
+        tpot_p90_ms=float(result["p90_tpot_ms"]),
+        e2e_p90_ms=float(result["p90_e2el_ms"]),
         tool="vllm bench serve",
     )
 
@@ -311,6 +314,9 @@ def guidellm_points(path: Path) -> list[BenchPoint]:
                 errored=int(totals["errored"]),
                 itl_p50_ms=float(itl["p50"]),
                 e2e_p99_ms=1000 * float(e2e["p99"]),
+                ttft_p90_ms=float(ttft["p90"]),
+                tpot_p90_ms=float(itl["p90"]),
+                e2e_p90_ms=1000 * float(e2e["p90"]),
                 tool="GuideLLM",
             )
         )
@@ -399,6 +405,9 @@ def records_point(records: Sequence[RequestRecord], wall_s: float, label: str, l
         errored=len(records) - len(ok),
         itl_p50_ms=q(itl, 50),
         e2e_p99_ms=q(e2e, 99),
+        ttft_p90_ms=q(ttft, 90),
+        tpot_p90_ms=q(tpot, 90),
+        e2e_p90_ms=q(e2e, 90),
         tool="lab loadgen",
     )
 
@@ -467,9 +476,9 @@ def table(points: Sequence[BenchPoint]) -> list[dict[str, Any]]:
                 "req/s": round(p.req_s, 2),
                 "goodput req/s": "-" if math.isnan(p.goodput_req_s) else round(p.goodput_req_s, 2),
                 "out tok/s": round(p.out_tok_s, 1),
-                "TTFT p50/p99 ms": f"{p.ttft_p50_ms:.0f} / {p.ttft_p99_ms:.0f}",
-                "TPOT p50/p99 ms": f"{p.tpot_p50_ms:.0f} / {p.tpot_p99_ms:.0f}",
-                "E2E p50/p99 ms": f"{p.e2e_p50_ms:.0f} / {p.e2e_p99_ms:.0f}",
+                "TTFT p50/p90/p99 ms": f"{p.ttft_p50_ms:.0f} / {p.ttft_p90_ms:.0f} / {p.ttft_p99_ms:.0f}",
+                "TPOT p50/p90/p99 ms": f"{p.tpot_p50_ms:.0f} / {p.tpot_p90_ms:.0f} / {p.tpot_p99_ms:.0f}",
+                "E2E p50/p90/p99 ms": f"{p.e2e_p50_ms:.0f} / {p.e2e_p90_ms:.0f} / {p.e2e_p99_ms:.0f}",
             }
         )
     return rows

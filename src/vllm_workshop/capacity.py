@@ -81,6 +81,9 @@ class BenchPoint:
     errored: int = 0
     itl_p50_ms: float = math.nan
     e2e_p99_ms: float = math.nan
+    ttft_p90_ms: float = math.nan
+    tpot_p90_ms: float = math.nan
+    e2e_p90_ms: float = math.nan
     tool: str = ""  # which tool measured it
     result_path: str = ""  # the tool's own result file (per-request detail for vllm bench serve)
 
