@@ -97,9 +97,25 @@ def _tool_env(api_key: str | None, tokenizer: str | Path = "") -> dict[str, str]
     return env
 
 
+def _latencies(
+    ttft: dict[int, float], tpot: dict[int, float], e2e_ms: dict[int, float], itl_p50: float
+) -> dict:
+    """The latency fields of a :class:`BenchPoint` from ``{50: .., 90: .., 99: ..}`` percentiles in ms."""
+    fields = {
+        f"{name}_p{q}_ms": float(values[q])
+        for name, values in (("ttft", ttft), ("tpot", tpot), ("e2e", e2e_ms))
+        for q in (50, 90, 99)
+    }
+    return {**fields, "itl_p50_ms": float(itl_p50)}
+
+
 def vllm_bench_point(result: dict[str, Any], label: str, load: float) -> BenchPoint:
     """A :class:`BenchPoint` from the JSON ``vllm bench serve --save-result`` writes (times in ms)."""
     duration = float(result["duration"])
+    pct = {
+        name: {q: result[f"p{q}_{key}_ms"] for q in (50, 90, 99)}
+        for name, key in (("ttft", "ttft"), ("tpot", "tpot"), ("e2e", "e2el"))
+    }
     return BenchPoint(
         label=label,
         load=load,
@@ -107,18 +123,9 @@ def vllm_bench_point(result: dict[str, Any], label: str, load: float) -> BenchPo
         goodput_req_s=float(result.get("request_goodput") or 0.0),
         out_tok_s=float(result["output_throughput"]),
         in_tok_s=float(result["total_input_tokens"]) / duration if duration else 0.0,
-        ttft_p50_ms=float(result["p50_ttft_ms"]),
-        ttft_p99_ms=float(result["p99_ttft_ms"]),
-        tpot_p50_ms=float(result["p50_tpot_ms"]),
-        tpot_p99_ms=float(result["p99_tpot_ms"]),
-        e2e_p50_ms=float(result["p50_e2el_ms"]),
         completed=int(result["completed"]),
         errored=int(result["failed"]),
-        itl_p50_ms=float(result["p50_itl_ms"]),
-        e2e_p99_ms=float(result["p99_e2el_ms"]),
-        ttft_p90_ms=float(result["p90_ttft_ms"]),
-        tpot_p90_ms=float(result["p90_tpot_ms"]),
-        e2e_p90_ms=float(result["p90_e2el_ms"]),
+        **_latencies(pct["ttft"], pct["tpot"], pct["e2e"], result["p50_itl_ms"]),
         tool="vllm bench serve",
     )
 
@@ -305,18 +312,14 @@ def guidellm_points(path: Path) -> list[BenchPoint]:
                 goodput_req_s=math.nan,
                 out_tok_s=float(dist(metrics, "output_tokens_per_second")["mean"]),
                 in_tok_s=float(dist(metrics, "prompt_tokens_per_second")["mean"]),
-                ttft_p50_ms=float(ttft["p50"]),
-                ttft_p99_ms=float(ttft["p99"]),
-                tpot_p50_ms=float(itl["p50"]),
-                tpot_p99_ms=float(itl["p99"]),
-                e2e_p50_ms=1000 * float(e2e["p50"]),
                 completed=int(totals["successful"]),
                 errored=int(totals["errored"]),
-                itl_p50_ms=float(itl["p50"]),
-                e2e_p99_ms=1000 * float(e2e["p99"]),
-                ttft_p90_ms=float(ttft["p90"]),
-                tpot_p90_ms=float(itl["p90"]),
-                e2e_p90_ms=1000 * float(e2e["p90"]),
+                **_latencies(
+                    {q: ttft[f"p{q}"] for q in (50, 90, 99)},
+                    {q: itl[f"p{q}"] for q in (50, 90, 99)},
+                    {q: 1000 * e2e[f"p{q}"] for q in (50, 90, 99)},
+                    itl["p50"],
+                ),
                 tool="GuideLLM",
             )
         )
@@ -396,18 +399,9 @@ def records_point(records: Sequence[RequestRecord], wall_s: float, label: str, l
         goodput_req_s=math.nan,
         out_tok_s=sum(r.tokens for r in ok) / wall_s,
         in_tok_s=math.nan,
-        ttft_p50_ms=q(ttft, 50),
-        ttft_p99_ms=q(ttft, 99),
-        tpot_p50_ms=q(tpot, 50),
-        tpot_p99_ms=q(tpot, 99),
-        e2e_p50_ms=q(e2e, 50),
         completed=len(ok),
         errored=len(records) - len(ok),
-        itl_p50_ms=q(itl, 50),
-        e2e_p99_ms=q(e2e, 99),
-        ttft_p90_ms=q(ttft, 90),
-        tpot_p90_ms=q(tpot, 90),
-        e2e_p90_ms=q(e2e, 90),
+        **_latencies(*({p: q(v, p) for p in (50, 90, 99)} for v in (ttft, tpot, e2e)), q(itl, 50)),
         tool="lab loadgen",
     )
 
