@@ -75,7 +75,7 @@ GATEWAY_STAMP := $(GATEWAY_VENV)/.stamp-$(call pins,$(LITELLM_PKG),$(GATEWAY_CON
 WEBUI_STAMP   := $(WEBUI_VENV)/.stamp-$(call pins,$(WEBUI_PKG) $(CPU_TORCH),$(WEBUI_CONSTRAINTS))
 QUANT_STAMP   := $(QUANT_VENV)/.stamp-$(call pins,$(QUANT_PKG) $(CPU_TORCH),$(QUANT_CONSTRAINTS))
 
-.PHONY: help install installs model lab test lint unit slow notebooks bench clean distclean freeze-side gpu-smoke cluster-checks \
+.PHONY: prometheus help install installs model lab test lint unit slow notebooks bench clean distclean freeze-side gpu-smoke cluster-checks \
 	tools render validate preflight deploy undeploy gateway-install gateway browser redis quant-install
 
 print-%:  # make print-VAR shows a variable (the install tests read the stamps' names this way)
@@ -150,7 +150,7 @@ installs:  ## every venv of the suite, in parallel (.venv, LiteLLM, Open WebUI, 
 	@$(call timed,all venvs in parallel,$(MAKE) --no-print-directory -j4 --output-sync=target \
 		$(PROJECT_STAMP) $(GATEWAY_STAMP) $(WEBUI_STAMP) $(QUANT_STAMP))
 
-test: installs gateway-install quant-install lint validate cluster-checks unit slow notebooks  ## install, then the whole suite (notebooks included)
+test: installs gateway-install quant-install prometheus lint validate cluster-checks unit slow notebooks  ## install, then the whole suite (notebooks included)
 	@echo "==> all checks passed"
 
 # Side venvs: LiteLLM alone; Open WebUI and llm-compressor with the CPU torch wheel (pinned in the same command,
@@ -190,6 +190,13 @@ redis:  ## Debian's redis-server for the module 6 gateway's store (needs root or
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq redis-server; \
 	else echo "error: install Redis (apt-get install redis-server) or set LAB_REDIS_URL=redis://host:port"; exit 1; fi
+
+prometheus:  ## Debian's prometheus + promtool for the observability rules and module 9 (needs root or sudo)
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then echo "==> prometheus: $$(command -v prometheus)"; \
+	elif [ "$$(id -u)" = 0 ]; then echo "==> installing Debian prometheus"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends prometheus; \
+	else echo "error: install Prometheus (apt-get install prometheus): it provides prometheus and promtool"; exit 1; fi
 
 gateway-install: install $(GATEWAY_STAMP) $(WEBUI_STAMP) browser redis  ## LiteLLM + Open WebUI venvs, Chromium, Redis
 

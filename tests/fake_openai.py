@@ -8,7 +8,8 @@ SIGKILL during a stream leaves an incomplete body: the cut a crashed vLLM server
 Markers in the last user message provoke failures, each only the first time that message is seen (so a retry
 of the same request succeeds): ``[drop]`` aborts the stream after two words (an incomplete body), ``[early]``
 ends it cleanly after two words without a finish_reason or ``[DONE]``, ``[busy]`` answers 503. The key
-``sk-refused`` gets 401. :class:`FakeBackend` runs it as a :class:`~vllm_workshop.server.ManagedServer`.
+``sk-refused`` gets 401. ``GET /stats`` lists how many messages each chat request carried.
+:class:`FakeBackend` runs it as a :class:`~vllm_workshop.server.ManagedServer`.
 """
 
 from __future__ import annotations
@@ -50,11 +51,14 @@ class JsonHandler(BaseHTTPRequestHandler):
 class Handler(JsonHandler):
     delay = 0.02
     seen: set[str] = set()  # messages whose failure marker already fired
+    message_counts: list[int] = []  # messages per chat request received (GET /stats)
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
         if self.path == "/health":
             self._json({})
+        elif self.path == "/stats":
+            self._json({"message_counts": self.message_counts})
         elif self.path == "/v1/models":
             self._json(
                 {"object": "list", "data": [{"id": "lab-model", "object": "model", "owned_by": "fake"}]}
@@ -68,6 +72,7 @@ class Handler(JsonHandler):
         if self.headers.get("Authorization") == "Bearer sk-refused":
             self._json({"error": {"message": "invalid key", "type": "auth_error"}}, 401)
             return
+        self.message_counts.append(len(request.get("messages") or []))
         text = str((request.get("messages") or [{}])[-1].get("content", ""))
         marker = next((m for m in ("[drop]", "[early]", "[busy]") if m in text and text not in self.seen), "")
         if marker:

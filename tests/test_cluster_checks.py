@@ -153,6 +153,7 @@ def test_every_vllm_image_line_of_the_pinned_version_is_parsed() -> None:
     assert parsed == {
         "cpu-lab": 1,
         "cpu-features": 1,
+        "fleet-cpu": 1,
         "gateway-cpu": 1,
         "gpu-llama31-8b": 1,
         "inf2-qwen": 0,
@@ -324,7 +325,8 @@ def test_ray_head_needs_its_token_and_workers_must_not_have_one() -> None:
     cluster["headGroupSpec"]["template"]["spec"]["automountServiceAccountToken"] = False
     cluster["workerGroupSpecs"][0]["template"]["spec"]["automountServiceAccountToken"] = True
     assert cluster_checks.pod_security(objs) == [
-        "RayService/llm-serve head: the autoscaler needs the service account token, but it is not mounted",
+        "RayService/llm-serve head: it calls the Kubernetes API and needs its service account token, but it "
+        "is not mounted (automountServiceAccountToken: true in the pod spec)",
         "RayService/llm-serve worker group gpu-l4: service account token is mounted",
     ]
 

@@ -152,7 +152,8 @@ def test_accelerator_overlays_ask_for_their_devices() -> None:
 
 def test_neuron_image_and_artifact_key_name_the_same_sdk() -> None:
     objs = objects("inf2-qwen")
-    config = one(objs, "ConfigMap")["data"]
+    config = next(c for c in by_kind(objs, "ConfigMap") if c["metadata"]["name"].startswith("vllm-config"))
+    config = config["data"]
     container = vllm_container(objs)
     assert f"-sdk{config['NEURON_SDK']}-" in container["image"]
     (artifacts,) = [e["value"] for e in container["env"] if e["name"] == "NEURON_COMPILED_ARTIFACTS"]
@@ -161,7 +162,7 @@ def test_neuron_image_and_artifact_key_name_the_same_sdk() -> None:
 
 def test_config_values_reach_the_container() -> None:
     objs = objects("gpu-llama31-8b")
-    config = one(objs, "ConfigMap")
+    config = next(c for c in by_kind(objs, "ConfigMap") if c["metadata"]["name"].startswith("vllm-config"))
     container = vllm_container(objs)
     assert container["envFrom"][0]["configMapRef"]["name"] == config["metadata"]["name"]  # hashed name wired
     assert config["data"]["MODEL"] == "meta-llama/Llama-3.1-8B-Instruct"
@@ -366,5 +367,57 @@ def test_gateway_overlay_wires_litellm_and_open_webui() -> None:
     assert one(objs, "Service", "litellm")["spec"]["ports"][0]["port"] == 4000
     config = next(o for o in by_kind(objs, "ConfigMap") if o["metadata"]["name"].startswith("litellm-config"))
     routed = yaml.safe_load(config["data"]["config.yaml"])
-    assert routed["model_list"][0]["litellm_params"]["api_base"] == "http://vllm:8000/v1"
+    assert routed["model_list"][0]["litellm_params"]["api_base"] == "os.environ/VLLM_API_BASE"
+    litellm_pod = deployments["litellm"]["spec"]["template"]["spec"]
+    litellm_env = {e["name"]: e for e in litellm_pod["containers"][0]["env"]}
+    assert litellm_env["VLLM_API_BASE"]["value"] == "http://vllm:8000/v1"
     assert routed["general_settings"]["master_key"] == "os.environ/LITELLM_MASTER_KEY"
+
+
+def _args(container: dict) -> dict[str, str]:
+    """``--flag=value`` and ``--flag value`` arguments as a dict (flags without a value map to "")."""
+    out, args = {}, list(container.get("args", []))
+    for i, arg in enumerate(args):
+        if arg.startswith("--"):
+            name, _, val = arg.partition("=")
+            if not val and i + 1 < len(args) and not args[i + 1].startswith("--"):
+                val = args[i + 1]
+            out[name] = val
+    return out
+
+
+def test_the_router_finds_the_vllm_pods_and_litellm_calls_the_router() -> None:
+    objs = objects("fleet-cpu")
+    router = one(objs, "Deployment", "vllm-router")["spec"]["template"]
+    vllm = one(objs, "Deployment", "vllm")["spec"]["template"]
+    flags = _args(router["spec"]["containers"][0])
+    key, _, val = flags["--selector"].partition("=")
+    assert vllm["metadata"]["labels"][key] == val  # discovery selects the vLLM pods
+    assert router["metadata"]["labels"].get(key) != val  # and not itself
+    vllm_port = vllm["spec"]["containers"][0]["ports"][0]["containerPort"]
+    assert int(flags["--service-discovery-port"]) == vllm_port
+    assert "--enable-scale-out" in vllm["spec"]["containers"][0]["args"]  # /render, which cache_aware needs
+    assert flags["--policy"] == "cache_aware"
+    litellm = one(objs, "Deployment", "litellm")["spec"]["template"]["spec"]["containers"][0]
+    base = {e["name"]: e.get("value") for e in litellm["env"]}["VLLM_API_BASE"]
+    service = one(objs, "Service", "vllm-router")
+    assert base == f"http://vllm-router:{service['spec']['ports'][0]['port']}/v1"
+    router_port = {p["name"]: p["containerPort"] for p in router["spec"]["containers"][0]["ports"]}
+    assert int(flags["--port"]) == router_port["http"]
+    assert int(flags["--prometheus-port"]) == router_port["metrics"]
+    # the NetworkPolicies let LiteLLM reach the router and the router reach vLLM
+    egress = one(objs, "NetworkPolicy", "litellm")["spec"]["egress"]
+    assert any(
+        peer.get("podSelector", {}).get("matchLabels") == {"app.kubernetes.io/name": "vllm-router"}
+        for rule in egress
+        for peer in rule.get("to", [])
+    )
+    assert router["metadata"]["labels"]["vllm-workshop/client"] == "true"
+
+
+def test_a_router_pod_without_its_api_annotation_may_not_mount_a_token() -> None:
+    objs = objects("fleet-cpu")
+    template = one(objs, "Deployment", "vllm-router")["spec"]["template"]
+    assert not policy.service_account_tokens(objs)
+    del template["metadata"]["annotations"]["workshop.vllm.ai/calls-kubernetes-api"]
+    assert policy.service_account_tokens(objs) == ["Deployment/vllm-router: service account token is mounted"]

@@ -21,7 +21,7 @@ from typing import Any
 from vllm_workshop.errors import LabError
 from vllm_workshop.paths import project_root, state_dir
 from vllm_workshop.planning import ReplicaPlan, replica_plan
-from vllm_workshop.server import ManagedServer, VllmServer, free_port
+from vllm_workshop.server import ManagedServer, free_port, start_replicas
 from vllm_workshop.settings import LabSettings
 from vllm_workshop.store import KeyStore, RedisAddress, connect, start_store
 from vllm_workshop.tools import serve_args as tool_args
@@ -318,25 +318,14 @@ class GatewayStack:
 
     def start_backends(self, timeout: float) -> None:
         """Two vLLM servers as the planner says: own cores each on the CPU, a memory share each on one GPU."""
-        plan = self.replica_plan()
         try:
             tools = tool_args(self.settings.model)  # the gateway passes tools through: vLLM must parse calls
         except LabError as exc:  # a model whose tool format the lab does not know: serve it without tools
             print(f"note: {exc}", flush=True)
             tools = []
-        for overrides, binding in zip(plan.engine_overrides, plan.bindings, strict=True):
-            backend = VllmServer(
-                self.settings,
-                served_model_name=SERVED_NAME,
-                binding=binding,
-                extra_args=tools,
-                **overrides,
-            )
-            self.backends.append(backend.launch())
-            if not plan.start_together:  # one GPU: the second profiles memory after the first holds its share
-                backend.wait_healthy(timeout)
-        for backend in self.backends:
-            backend.wait_healthy(timeout)
+        start_replicas(
+            self.settings, 2, timeout, self.backends, served_model_name=SERVED_NAME, extra_args=tools
+        )
 
     def replica_plan(self) -> ReplicaPlan:
         """Cores (CPU lane) or GPU memory share (GPU lane) of the two backends, from the planner."""

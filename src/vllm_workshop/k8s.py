@@ -2,10 +2,11 @@
 
 Built-in kinds are validated against the Kubernetes OpenAPI schema of a pinned version
 (``kubernetes-validate``); custom resources against JSON schemas kept in ``infra/operators/schemas`` (the
-ServiceMonitor one converted from the prometheus-operator CRD, the LeaderWorkerSet and RayService ones
-hand-written). Rendering never writes files: Secrets are not part of any overlay; :func:`deploy` creates the
-ones the pods refer to (:data:`CLUSTER_SECRETS`) in the cluster. Nothing here pretends to have applied:
-without a reachable cluster the apply functions raise :class:`ClusterNotConfiguredError`.
+ServiceMonitor, PrometheusRule and PodMonitor ones converted from the prometheus-operator CRDs, the
+LeaderWorkerSet and RayService ones hand-written). Rendering never writes files: Secrets are not part of any
+overlay; :func:`deploy` creates the ones the pods refer to (:data:`CLUSTER_SECRETS`) in the cluster. Nothing
+here pretends to have applied: without a reachable cluster the apply functions raise
+:class:`ClusterNotConfiguredError`.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ def validate_builtin(obj: dict[str, Any], version: str = KUBERNETES_VERSION) -> 
 
 CUSTOM_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-v1.json",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor-v1.json",
 }
 
 

@@ -39,6 +39,7 @@ class RequestRecord:
     tokens: int = 0
     token_times: list[float] = field(default_factory=list)
     error: str | None = None
+    text: str = ""
 
     @property
     def ttft(self) -> float | None:
@@ -57,7 +58,12 @@ class RequestRecord:
 
 
 async def _one(
-    client: Any, model: str, request: LoadRequest, t0: float, gate: asyncio.Semaphore
+    client: Any,
+    model: str,
+    request: LoadRequest,
+    t0: float,
+    gate: asyncio.Semaphore,
+    extra_body: dict[str, Any] | None = None,
 ) -> RequestRecord:
     if request.delay_s:
         await asyncio.sleep(request.delay_s)
@@ -71,13 +77,14 @@ async def _one(
                 temperature=0,
                 stream=True,
                 stream_options={"include_usage": True},
-                extra_body={"ignore_eos": request.ignore_eos},
+                extra_body={"ignore_eos": request.ignore_eos, **(extra_body or {})},
             )
             async for chunk in stream:
                 now = time.perf_counter() - t0
                 if chunk.choices and chunk.choices[0].delta.content:
                     record.first_token = record.first_token or now
                     record.token_times.append(now)
+                    record.text += chunk.choices[0].delta.content
                 if chunk.usage:
                     record.tokens = chunk.usage.completion_tokens
             record.done = time.perf_counter() - t0
@@ -142,3 +149,75 @@ def knee(concurrency: Sequence[float], throughput: Sequence[float], latency: Seq
         raise ValueError("one throughput and one latency per concurrency level")
     power = [t / lat for t, lat in zip(throughput, latency, strict=True)]
     return max(range(len(power)), key=power.__getitem__)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A multi-turn chat: a (long) system prompt, then user turns; each answer joins the history."""
+
+    name: str
+    system: str
+    turns: tuple[str, ...]
+    think_s: tuple[float, ...] = ()  # the user's pause before each turn after the first (reading the answer)
+
+
+async def _conversation(
+    client: Any,
+    model: str,
+    chat: Conversation,
+    max_tokens: int,
+    t0: float,
+    gate: asyncio.Semaphore,
+    extra_body: dict[str, Any] | None,
+) -> list[RequestRecord]:
+    messages: list[dict[str, Any]] = [{"role": "system", "content": chat.system}]
+    records = []
+    for i, turn in enumerate(chat.turns):
+        if 0 < i <= len(chat.think_s):
+            await asyncio.sleep(chat.think_s[i - 1])
+        messages.append({"role": "user", "content": turn})
+        request = LoadRequest(f"{chat.name}/turn {i + 1}", list(messages), max_tokens, ignore_eos=True)
+        record = await _one(client, model, request, t0, gate, extra_body)
+        records.append(record)
+        if record.error:
+            break  # the rest of this conversation depends on the answer
+        messages.append({"role": "assistant", "content": record.text})
+    return records
+
+
+async def run_conversations_async(
+    base_url: str,
+    model: str,
+    chats: Sequence[Conversation],
+    concurrency: int,
+    max_tokens: int = 16,
+    api_key: str = "none",
+    extra_body: dict[str, Any] | None = None,
+) -> tuple[list[RequestRecord], float]:
+    """Run the conversations side by side (each one turn after the other, as a user types), at most
+    ``concurrency`` requests in flight; records labelled ``name/turn k``, and the wall time. ``extra_body``
+    goes into every request (e.g. LiteLLM's ``{"cache": {"no-cache": True}}``)."""
+    from openai import AsyncOpenAI
+
+    gate = asyncio.Semaphore(concurrency)
+    async with AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600) as client:
+        t0 = time.perf_counter()
+        runs = await asyncio.gather(
+            *(_conversation(client, model, c, max_tokens, t0, gate, extra_body) for c in chats)
+        )
+        return [r for run in runs for r in run], time.perf_counter() - t0
+
+
+def run_conversations(
+    base_url: str,
+    model: str,
+    chats: Sequence[Conversation],
+    concurrency: int,
+    max_tokens: int = 16,
+    api_key: str = "none",
+    extra_body: dict[str, Any] | None = None,
+) -> tuple[list[RequestRecord], float]:
+    """Blocking wrapper of :func:`run_conversations_async` that is safe inside Jupyter."""
+    work = run_conversations_async(base_url, model, chats, concurrency, max_tokens, api_key, extra_body)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, work).result()

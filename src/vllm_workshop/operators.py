@@ -125,6 +125,11 @@ def lws_pods(obj: Obj) -> Iterator[RuntimePod]:
         yield RuntimePod(f"{_name(obj)} {role}", spec_copy, labels, obj, role, count, env=env)
 
 
+# A pod template annotated with this calls the Kubernetes API (e.g. the router's service discovery), so it may
+# mount its service account token; every other pod must not.
+CALLS_API = "workshop.vllm.ai/calls-kubernetes-api"
+
+
 def runtime_pods(objects: list[Obj]) -> list[RuntimePod]:
     """Every pod template of the rendered objects, as the pods will run."""
     pods: list[RuntimePod] = []
@@ -134,7 +139,11 @@ def runtime_pods(objects: list[Obj]) -> list[RuntimePod]:
             template = obj["spec"]["template"]
             labels = dict(template.get("metadata", {}).get("labels", {}))
             replicas = int(obj["spec"].get("replicas", 1))
-            pods.append(RuntimePod(_name(obj), copy.deepcopy(template["spec"]), labels, obj, "pod", replicas))
+            annotations = template.get("metadata", {}).get("annotations", {})
+            api = annotations.get(CALLS_API) == "true"
+            pods.append(
+                RuntimePod(_name(obj), copy.deepcopy(template["spec"]), labels, obj, "pod", replicas, api)
+            )
         elif kind == "LeaderWorkerSet":
             pods.extend(lws_pods(obj))
         elif kind in ("RayService", "RayCluster"):

@@ -184,13 +184,15 @@ def restricted_security_context(objects: list[Obj]) -> list[str]:
 
 
 def service_account_tokens(objects: list[Obj]) -> list[str]:
-    """A service account token only in pods that call the Kubernetes API (KubeRay's autoscaler), and there."""
+    """A service account token only in pods that call the Kubernetes API (KubeRay's autoscaler, pods annotated
+    ``workshop.vllm.ai/calls-kubernetes-api: "true"``), and there."""
     problems = []
     for pod in runtime_pods(objects):
         mounted = pod.spec.get("automountServiceAccountToken") is not False
         if pod.talks_to_api and not mounted:
             problems.append(
-                f"{pod.owner}: the autoscaler needs the service account token, but it is not mounted"
+                f"{pod.owner}: it calls the Kubernetes API and needs its service account token, but it is "
+                "not mounted (automountServiceAccountToken: true in the pod spec)"
             )
         elif mounted and not pod.talks_to_api:
             problems.append(f"{pod.owner}: service account token is mounted")

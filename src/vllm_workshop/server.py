@@ -254,3 +254,34 @@ class VllmServer(ManagedServer):
     def openai_base_url(self) -> str:
         """Base URL for the ``openai`` client."""
         return self.base_url + "/v1"
+
+
+def start_replicas(
+    settings: LabSettings,
+    count: int = 2,
+    timeout: float = 600,
+    replicas: list[VllmServer] | None = None,
+    **server_kwargs: object,
+) -> list[VllmServer]:
+    """``count`` vLLM servers as the planner shares the machine (own cores each on the CPU, a memory share
+    each on one GPU), started together where they can be; all stopped again if one fails.
+
+    ``replicas`` (a list to fill) lets a caller keep the ones started so far if this is interrupted.
+    """
+    from vllm_workshop.planning import replica_plan
+
+    plan = replica_plan(settings, replicas=count)
+    started = replicas if replicas is not None else []
+    try:
+        for overrides, binding in zip(plan.engine_overrides, plan.bindings, strict=True):
+            server = VllmServer(settings, binding=binding, **server_kwargs, **overrides)  # type: ignore[arg-type]
+            started.append(server.launch())
+            if not plan.start_together:  # one GPU: the second profiles memory after the first holds its share
+                server.wait_healthy(timeout)
+        for server in started:
+            server.wait_healthy(timeout)
+    except BaseException:
+        for server in started:
+            server.stop()
+        raise
+    return started

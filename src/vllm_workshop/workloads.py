@@ -100,3 +100,58 @@ def long_chat(repeats: int = 4) -> list[dict[str, Any]]:
 def render_chats(tokenizer: Any, chats: list[list[dict[str, Any]]]) -> list[str]:
     """Apply the model's chat template so that every engine sees identical prompt text."""
     return [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+
+
+CASE_FACTS = (
+    "ordered a {item} on day {a} and it arrived on day {b}",
+    "paid {a} euros for a {item} and asked for a refund of {b} euros",
+    "reported that the {item} broke after {a} days of use in {place}",
+    "wants to exchange a {item} for a size {a} model before trip {b}",
+    "called {a} times about a {item} shipped to {place}",
+)
+ITEMS = ("tent", "boot", "jacket", "stove", "backpack", "lamp", "rope", "kayak", "bike", "ski")
+PLACES = ("Oslo", "Lyon", "Turin", "Graz", "Porto", "Cork", "Ghent", "Bern")
+FOLLOW_UPS = (
+    "Summarise this case in one sentence.",
+    "What should the agent offer the customer?",
+    "Which policy applies here?",
+    "Write a one-line reply to the customer.",
+)
+
+
+def shared_prefix_conversations(
+    n: int, turns: int = 3, facts: int = 36, seed: int = 0, think_s: tuple[float, float] = (0.2, 1.0)
+) -> list[Any]:
+    """``n`` multi-turn support conversations, each about its own long case file (``facts`` sentences, a few
+    hundred tokens) in the system prompt: every turn of a conversation repeats that prefix and the history,
+    so a replica that served the previous turn has it cached; different conversations share nothing. Users
+    pause between turns (uniform in ``think_s`` seconds), so turns arrive in no fixed order."""
+    from .loadgen import Conversation
+
+    rng = random.Random(seed)
+    chats = []
+    for i in range(n):
+        case = f"Case {seed}-{i}. " + " ".join(
+            f"The customer {rng.choice(CASE_FACTS).format(item=rng.choice(ITEMS), a=rng.randint(2, 90), b=rng.randint(2, 90), place=rng.choice(PLACES))}."  # noqa: E501
+            for _ in range(facts)
+        )
+        system = f"{case}\n\nYou are a support agent for this case. Answer in one sentence."
+        asks = tuple(FOLLOW_UPS[(i + k) % len(FOLLOW_UPS)] for k in range(turns))
+        pauses = tuple(round(rng.uniform(*think_s), 2) for _ in range(turns - 1))
+        chats.append(Conversation(f"case {i}", system, asks, pauses))
+    return chats
+
+
+def one_prefix_conversations(n: int, turns: int = 2) -> list[Any]:
+    """``n`` conversations that all start with the same long system prompt (the shop's policies): a
+    cache-aware router sends them all where that prefix is cached (one replica) until it balances load."""
+    from .loadgen import Conversation
+
+    return [
+        Conversation(
+            f"shop {i}",
+            SYSTEM_PROMPT,
+            tuple(SUPPORT_QUESTIONS[(i + k) % len(SUPPORT_QUESTIONS)] for k in range(turns)),
+        )
+        for i in range(n)
+    ]

@@ -1,0 +1,116 @@
+"""Prometheus rules (promtool), the Grafana dashboard, the HPA's adapter queries, the accelerator exporters.
+
+Against real vLLM metrics they run in notebook 09's check cells (every panel, the HPA queries, the recording
+rules, a replica going down), which ``make test`` runs: starting vLLM and Prometheus here would repeat it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vllm_workshop import observe
+from vllm_workshop.observe import PrometheusError, Target
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_rules_pass_promtool_check_and_their_unit_tests(tmp_path: Path) -> None:
+    checked = observe.promtool("check", "rules", str(observe.write_rules(tmp_path)))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 9 rules found" in checked.stdout
+    tested = observe.run_rule_tests(tmp_path)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_the_rule_tests_catch_a_changed_threshold(tmp_path: Path) -> None:
+    """The promtool tests can fail: a KV-cache alert raised to 99% no longer fires at 95%."""
+    rules = observe.write_rules(tmp_path)
+    rules.write_text(
+        rules.read_text().replace("vllm:kv_cache_usage_perc) > 0.9", "vllm:kv_cache_usage_perc) > 0.99")
+    )
+    shutil.copy(ROOT / observe.RULE_TESTS, tmp_path)
+    tested = observe.promtool("test", "rules", observe.RULE_TESTS.name, cwd=tmp_path)
+    assert tested.returncode != 0
+    assert "VllmKVCacheNearlyFull" in tested.stdout + tested.stderr
+
+
+def test_a_missing_prometheus_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(observe.shutil, "which", lambda name: None)
+    with pytest.raises(PrometheusError, match="apt-get install prometheus"):
+        observe.binary("promtool")
+
+
+def test_a_query_to_a_stopped_prometheus_is_a_clear_error() -> None:
+    from vllm_workshop.server import free_port
+
+    with pytest.raises(PrometheusError, match="does not answer"):
+        observe.query(f"http://127.0.0.1:{free_port()}", "up")
+
+
+def test_dashboard_queries_fill_grafanas_variables() -> None:
+    board = json.loads((ROOT / observe.DASHBOARD).read_text())
+    targets = sum(len(p["targets"]) for p in board["panels"])
+    queries = observe.dashboard_queries("lab-model")
+    assert len(queries) == targets >= 10
+    assert all("$" not in expr and 'model_name="lab-model"' in expr for _, expr in queries)
+
+
+def test_the_adapter_queries_are_the_ones_the_hpa_asks_for() -> None:
+    queries = dict(observe.adapter_queries({"namespace": "lab", "pod": "vllm-0"}))
+    assert queries == {
+        "vllm_num_requests_waiting": 'sum(vllm:num_requests_waiting{namespace="lab",pod="vllm-0"}) by (pod)',
+        "vllm_num_requests_running": 'sum(vllm:num_requests_running{namespace="lab",pod="vllm-0"}) by (pod)',
+    }
+    hpa = yaml.safe_load((ROOT / "components/hpa-vllm-metric/hpa.yaml").read_text())
+    assert {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"]} == set(queries)
+
+
+def test_the_config_scrapes_each_job_with_its_labels(tmp_path: Path) -> None:
+    targets = [Target("vllm", "127.0.0.1:1", {"pod": "a"}), Target("vllm", "127.0.0.1:2", {"pod": "b"})]
+    cfg = observe.config(targets, tmp_path / "r.yaml")
+    (job,) = cfg["scrape_configs"]
+    assert job["job_name"] == "vllm"
+    assert [s["labels"]["pod"] for s in job["static_configs"]] == ["a", "b"]
+    assert cfg["rule_files"] == [str(tmp_path / "r.yaml")]
+
+
+def test_the_neuron_monitor_is_valid_and_lands_on_every_inferentia_node_group_only() -> None:
+    from vllm_workshop import k8s
+    from vllm_workshop.nodegroups import infra_node_groups, misfit
+
+    objects = list(yaml.safe_load_all((ROOT / "infra/monitoring/neuron-monitor.yaml").read_text()))
+    report = k8s.validate_objects("neuron-monitor", objects)
+    assert report.ok, report.summary()
+    daemonset = next(o for o in objects if o["kind"] == "DaemonSet")
+    spec = daemonset["spec"]["template"]["spec"]
+    eks = [g for g in infra_node_groups() if g.cluster == "eks"]
+    fits = {g.name for g in eks if not misfit(spec, g)}
+    neuron = {g.name for g in eks if g.labels.get("workshop.vllm.ai/accelerator") == "neuron"}
+    assert neuron and fits == neuron
+    monitor = next(o for o in objects if o["kind"] == "PodMonitor")
+    port_names = {p["name"] for c in spec["containers"] for p in c["ports"]}
+    assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= port_names
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_the_dcgm_exporter_values_select_the_gpu_node_groups() -> None:
+    from vllm_workshop.nodegroups import infra_node_groups, misfit
+
+    values = yaml.safe_load((ROOT / "infra/monitoring/dcgm-exporter-values.yaml").read_text())
+    image = "nvcr.io/nvidia/k8s/dcgm-exporter:4.4.1-4.6.0-ubuntu22.04"  # the chart's image (4.6.0)
+    containers = [{"name": "dcgm-exporter", "image": image}]
+    spec = {
+        "nodeSelector": values["nodeSelector"],
+        "tolerations": values["tolerations"],
+        "containers": containers,
+    }
+    eks = [g for g in infra_node_groups() if g.cluster == "eks"]
+    fits = {g.name for g in eks if not misfit(spec, g, check_arch=False)}
+    gpu = {g.name for g in eks if g.labels.get("workshop.vllm.ai/accelerator") == "nvidia"}
+    assert gpu and fits == gpu
+    assert values["serviceMonitor"]["additionalLabels"]["release"] == "kube-prometheus-stack"
