@@ -33,6 +33,8 @@ PROJECT_STAMP := $(VENV)/.stamp-project-$(LANE)
 GATEWAY_VENV  ?= .venv-gateway
 WEBUI_VENV    ?= .venv-webui
 LITELLM_PKG   ?= litellm[proxy]==1.106.2
+# LiteLLM's `prometheus` callback (its /metrics, scraped in module 9) needs prometheus_client.
+LITELLM_METRICS ?= prometheus_client==0.26.0
 WEBUI_PKG     ?= open-webui==0.12.4
 CPU_TORCH     ?= torch==2.13.0
 CHROMIUM      ?= /usr/bin/chromium
@@ -71,7 +73,7 @@ pins = $(shell { printf '%s\n' '$(1)'; cat $(2) 2>/dev/null; } | md5sum | cut -c
 GATEWAY_CONSTRAINTS ?= constraints/gateway.txt
 WEBUI_CONSTRAINTS   ?= constraints/webui.txt
 QUANT_CONSTRAINTS   ?= constraints/quant.txt
-GATEWAY_STAMP := $(GATEWAY_VENV)/.stamp-$(call pins,$(LITELLM_PKG),$(GATEWAY_CONSTRAINTS))
+GATEWAY_STAMP := $(GATEWAY_VENV)/.stamp-$(call pins,$(LITELLM_PKG) $(LITELLM_METRICS),$(GATEWAY_CONSTRAINTS))
 WEBUI_STAMP   := $(WEBUI_VENV)/.stamp-$(call pins,$(WEBUI_PKG) $(CPU_TORCH),$(WEBUI_CONSTRAINTS))
 QUANT_STAMP   := $(QUANT_VENV)/.stamp-$(call pins,$(QUANT_PKG) $(CPU_TORCH),$(QUANT_CONSTRAINTS))
 
@@ -155,7 +157,7 @@ test: installs gateway-install quant-install prometheus lint validate cluster-ch
 
 # Side venvs: LiteLLM alone; Open WebUI and llm-compressor with the CPU torch wheel (pinned in the same command,
 # so pip never reaches for the multi-GB CUDA build).
-$(GATEWAY_STAMP): SIDE_PKG := "$(LITELLM_PKG)"
+$(GATEWAY_STAMP): SIDE_PKG := "$(LITELLM_PKG)" "$(LITELLM_METRICS)"
 $(GATEWAY_STAMP): $(GATEWAY_CONSTRAINTS)
 $(WEBUI_STAMP): SIDE_PKG := "$(WEBUI_PKG)" "$(CPU_TORCH)"
 $(WEBUI_STAMP): $(WEBUI_CONSTRAINTS)

@@ -89,15 +89,16 @@ def test_the_servers_rate_covers_only_the_window_its_counter_moved() -> None:
     # idle until t=2, 100 tokens from t=2 to t=4 (still 150 at t=4.5 and t=5), then idle
     rows = [(0, 0, 50), (1, 0, 50), (2, 4, 50), (3, 4, 90), (4, 2, 150), (4.5, 0, 150), (5, 0, 150)]
     poller = _poller(rows)
-    assert poller.output_tok_s() == pytest.approx(100 / 2)  # (150 - 50) / (4 - 2)
-    assert poller.mean_running() == pytest.approx((4 + 2) / 2)  # the samples at t=3 and t=4
+    assert poller.output_tok_s() == pytest.approx(100 / 2)  # (150 - 50) / (4 - 2): too few inner samples
+    assert poller.mean_running() == pytest.approx(4)  # the one sample inside the window, at t=3
 
 
 def test_a_sweeps_last_level_starts_where_more_requests_run_than_before() -> None:
     # level 1 (at most 2 running): 10 tokens/s from t=0 to 2; level 2 (8 running): 40 tokens/s from t=3 to 5
     rows = [(0, 2, 0), (1, 2, 10), (2, 2, 20), (3, 8, 20), (4, 8, 60), (5, 0, 100), (6, 0, 100)]
     assert _poller(rows).output_tok_s(after_running_above=2) == pytest.approx(40)
-    assert _poller(rows).output_tok_s() == pytest.approx(100 / 5)
+    # over both levels: between the inner samples t=1 and t=4 (the outer ones, t=0 and t=5, are cut off)
+    assert _poller(rows).output_tok_s() == pytest.approx((60 - 10) / (4 - 1))
 
 
 def test_a_counter_that_never_moved_or_a_level_never_reached_is_an_error() -> None:

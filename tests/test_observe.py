@@ -77,6 +77,9 @@ def test_the_config_scrapes_each_job_with_its_labels(tmp_path: Path) -> None:
     assert job["job_name"] == "vllm"
     assert [s["labels"]["pod"] for s in job["static_configs"]] == ["a", "b"]
     assert cfg["rule_files"] == [str(tmp_path / "r.yaml")]
+    assert "authorization" not in job
+    gated = observe.config([Target("litellm", "127.0.0.1:3", {}, bearer="sk-x")], None)["scrape_configs"][0]
+    assert gated["authorization"] == {"type": "Bearer", "credentials": "sk-x"}
 
 
 def test_the_neuron_monitor_is_valid_and_lands_on_every_inferentia_node_group_only() -> None:
@@ -114,3 +117,12 @@ def test_the_dcgm_exporter_values_select_the_gpu_node_groups() -> None:
     gpu = {g.name for g in eks if g.labels.get("workshop.vllm.ai/accelerator") == "nvidia"}
     assert gpu and fits == gpu
     assert values["serviceMonitor"]["additionalLabels"]["release"] == "kube-prometheus-stack"
+
+
+def test_a_query_returning_only_nan_counts_as_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quantile over a window without requests is NaN: a dashboard panel showing nothing, not a pass."""
+    nan = [{"metric": {}, "value": float("nan")}]
+    answers = {"ok": [{"metric": {}, "value": 1.0}], "nan": nan, "none": []}
+    monkeypatch.setattr(observe, "query", lambda url, expr, at=None: answers[expr])
+    rows = observe.check_queries("http://x", [("a", "ok"), ("b", "nan"), ("c", "none")])
+    assert [r["status"] for r in rows] == ["ok", "empty", "empty"]

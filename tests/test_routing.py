@@ -64,3 +64,22 @@ def test_round_robin_alternates_resends_history_and_survives_a_dead_worker(tmp_p
         router.stop()
         for fake in fakes:
             fake.stop()
+
+
+def test_one_prefix_runs_share_within_a_run_and_not_across() -> None:
+    first, second = one_prefix_conversations(10, seed=1), one_prefix_conversations(10, seed=2)
+    assert len({c.system for c in first}) == 1 and first[0].system != second[0].system
+    assert len({c.turns for c in first}) == 10  # no two conversations repeat each other
+
+
+def test_a_replica_that_vanished_mid_run_is_an_error_not_a_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vllm_workshop import routing
+    from vllm_workshop.observe import PrometheusError
+
+    before = {"hits": 0, "queries": 0, "done": {"a": 1, "b": 1}}
+    seen = iter([before, {"hits": 5, "queries": 9, "done": {"a": 4}}])  # replica b gone after the run
+    monkeypatch.setattr(routing, "settle", lambda: 0.0)
+    monkeypatch.setattr(routing, "_counters", lambda *args: next(seen))
+    monkeypatch.setattr(routing, "run_conversations", lambda *args: ([], 1.0))
+    with pytest.raises(PrometheusError, match="replicas changed during the run"):
+        routing.measure_policy("http://prom", "http://router", "p", "m", [], "w")

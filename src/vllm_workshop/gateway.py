@@ -73,6 +73,20 @@ def config_path() -> Path:
     return project_root() / "modules" / "06-gateway" / "litellm" / "config.yaml"
 
 
+def config_with_metrics(path: Path | None = None) -> Path:
+    """The lab's LiteLLM config with LiteLLM's ``prometheus`` callback added (``/metrics`` on the proxy's
+    port, behind the master key); written to ``.lab/gateway/`` and returned."""
+    import yaml
+
+    config = yaml.safe_load(config_path().read_text())
+    callbacks = config.setdefault("litellm_settings", {}).setdefault("callbacks", [])
+    if "prometheus" not in callbacks:
+        callbacks.append("prometheus")
+    out = path or gateway_dir() / "config-metrics.yaml"
+    out.write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
+
+
 def config_with_models(models: dict[str, str], path: Path | None = None) -> Path:
     """The lab's LiteLLM config plus one model group per ``{gateway name: "provider/served name"}`` on backend
     A (e.g. ``"hosted_vllm/persona"``, a LoRA adapter the backend serves under its own name); written to

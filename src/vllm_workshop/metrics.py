@@ -117,16 +117,21 @@ class MetricsPoller:
         return rows[begin : end + 1]
 
     def output_tok_s(self, after_running_above: float = 0) -> float:
-        """Output tokens per second as the server counted them over :meth:`active`'s window."""
+        """Output tokens per second as the server counted them over :meth:`active`'s window: between its
+        inner samples when there are enough (the outer ones lie before the first and after the last token, so
+        they would stretch the window by up to two polling intervals), else between the outer ones."""
         rows = self.active(after_running_above)
+        if len(rows) >= 4:
+            rows = rows[1:-1]
         count = "vllm:generation_tokens_total"
         return (rows[-1][count] - rows[0][count]) / (rows[-1]["t"] - rows[0]["t"])
 
     def mean_running(self, after_running_above: float = 0) -> float:
-        """Mean number of requests the server was running over :meth:`active`'s window (a client that cannot
-        keep its streams fed shows here as fewer requests running than it meant to keep in flight)."""
-        rows = self.active(after_running_above)[1:]
-        return sum(s["vllm:num_requests_running"] for s in rows) / len(rows)
+        """Mean number of requests the server was running at the samples inside :meth:`active`'s window (a
+        client that cannot keep its streams fed shows here as fewer requests running than it meant to)."""
+        rows = self.active(after_running_above)
+        inner = rows[1:-1] or rows[1:]
+        return sum(s["vllm:num_requests_running"] for s in inner) / len(inner)
 
 
 def engine_metric(metrics: list, name: str) -> float:

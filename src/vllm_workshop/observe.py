@@ -73,22 +73,27 @@ def run_rule_tests(folder: Path) -> subprocess.CompletedProcess[str]:
 
 @dataclass(frozen=True)
 class Target:
-    """One scrape target: ``job`` name, ``host:port``, and labels a Kubernetes scrape would add."""
+    """One scrape target: ``job`` name, ``host:port``, labels a Kubernetes scrape would add, and a bearer
+    token when its ``/metrics`` needs one (LiteLLM's does)."""
 
     job: str
     address: str
     labels: Mapping[str, str]
+    bearer: str | None = None
 
 
 def config(targets: Sequence[Target], rule_file: Path | None, interval: str = "1s") -> dict[str, Any]:
     """A Prometheus configuration scraping ``targets`` every ``interval`` and evaluating ``rule_file``."""
-    jobs: dict[str, list[dict[str, Any]]] = {}
+    jobs: dict[str, dict[str, Any]] = {}
     for target in targets:
-        jobs.setdefault(target.job, []).append({"targets": [target.address], "labels": dict(target.labels)})
+        job = jobs.setdefault(target.job, {"job_name": target.job, "static_configs": []})
+        job["static_configs"].append({"targets": [target.address], "labels": dict(target.labels)})
+        if target.bearer:
+            job["authorization"] = {"type": "Bearer", "credentials": target.bearer}
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(rule_file)] if rule_file else [],
-        "scrape_configs": [{"job_name": job, "static_configs": static} for job, static in jobs.items()],
+        "scrape_configs": list(jobs.values()),
     }
 
 
@@ -146,18 +151,25 @@ def value(url: str, expr: str, at: float | None = None) -> float:
     return rows[0]["value"] if rows else float("nan")
 
 
-def series(url: str, expr: str, start: float, end: float, step: float = 1.0) -> dict[str, list[tuple]]:
-    """Range query: ``{legend: [(t, value), ...]}``, the legend built from each series' labels."""
-    params = {"query": expr, "start": start, "end": end, "step": step}
+def _get(url: str, path: str, params: dict[str, Any] | None = None, timeout: float = 30) -> Any:
+    """``data`` of a Prometheus API answer; :class:`PrometheusError` when down, not JSON, or not a success."""
     try:
-        response = requests.get(f"{url.rstrip('/')}/api/v1/query_range", params=params, timeout=30)
+        response = requests.get(f"{url.rstrip('/')}{path}", params=params, timeout=timeout)
+        body = response.json()
     except requests.RequestException as exc:
         raise PrometheusError(f"Prometheus does not answer at {url}: is it running?") from exc
-    body = response.json()
+    except ValueError as exc:
+        raise PrometheusError(f"{url}{path} did not answer JSON: is that Prometheus?") from exc
     if body.get("status") != "success":
-        raise PrometheusError(f"Prometheus refused `{expr}`: {body.get('error')}")
+        raise PrometheusError(f"Prometheus refused {path} {params or ''}: {body.get('error')}")
+    return body["data"]
+
+
+def series(url: str, expr: str, start: float, end: float, step: float = 1.0) -> dict[str, list[tuple]]:
+    """Range query: ``{legend: [(t, value), ...]}``, the legend built from each series' labels."""
+    data = _get(url, "/api/v1/query_range", {"query": expr, "start": start, "end": end, "step": step})
     out = {}
-    for r in body["data"]["result"]:
+    for r in data["result"]:
         legend = ",".join(f"{k}={v}" for k, v in sorted(r["metric"].items()) if k != "__name__") or expr
         out[legend] = [(float(t), float(v)) for t, v in r["values"]]
     return out
@@ -165,11 +177,7 @@ def series(url: str, expr: str, start: float, end: float, step: float = 1.0) -> 
 
 def alerts(url: str) -> list[dict[str, Any]]:
     """Alerts Prometheus currently holds (pending or firing), with their labels and state."""
-    try:
-        body = requests.get(f"{url.rstrip('/')}/api/v1/alerts", timeout=10).json()
-    except requests.RequestException as exc:
-        raise PrometheusError(f"Prometheus does not answer at {url}: is it running?") from exc
-    return body["data"]["alerts"]
+    return _get(url, "/api/v1/alerts", timeout=10)["alerts"]
 
 
 def dashboard_queries(
@@ -209,14 +217,20 @@ def adapter_queries(pod_labels: Mapping[str, str]) -> list[tuple[str, str]]:
     return out
 
 
-def check_queries(url: str, queries: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
-    """Run each ``(name, PromQL)``: ``status`` is ``ok`` (series returned), ``empty`` or ``invalid``."""
+def check_queries(
+    url: str, queries: Sequence[tuple[str, str]], at: float | None = None
+) -> list[dict[str, Any]]:
+    """Run each ``(name, PromQL)`` at time ``at`` (default now): ``status`` is ``ok`` (a series with a
+    number), ``empty`` (no series, or only NaN: a quantile over a window without requests) or ``invalid``."""
+    import math
+
     rows = []
     for name, expr in queries:
         try:
-            result = query(url, expr)
-            status = "ok" if result else "empty"
-            detail = f"{len(result)} series"
+            result = query(url, expr, at)
+            numbers = [r for r in result if not math.isnan(r["value"])]
+            status = "ok" if numbers else "empty"
+            detail = f"{len(numbers)} of {len(result)} series with a number"
         except PrometheusError as exc:
             status, detail = "invalid", str(exc)
         rows.append({"name": name, "status": status, "detail": detail, "expr": expr})

@@ -20,7 +20,7 @@ from typing import Any
 
 from .errors import LabError
 from .loadgen import Conversation, percentile, run_conversations
-from .observe import query, value
+from .observe import PrometheusError, query, value
 from .server import ManagedServer, free_port
 
 POLICIES = ("round_robin", "cache_aware", "random", "power_of_two", "consistent_hash")
@@ -137,6 +137,12 @@ def measure_policy(
     records, wall = run_conversations(url, model, chats, concurrency, max_tokens, api_key, extra_body)
     end = settle()
     after = _counters(prometheus, end, job)
+    if set(before["done"]) != set(after["done"]):
+        raise PrometheusError(
+            f"the scraped replicas changed during the run ({sorted(before['done'])} before, "
+            f"{sorted(after['done'])} after): counter differences would mix replicas; the client measured "
+            f"{len(records)} requests, {sum(r.error is not None for r in records)} failed"
+        )
     window = f"{math.ceil(end - start) + 1}s"
     prom_q = {
         q: 1000
@@ -144,6 +150,7 @@ def measure_policy(
             prometheus,
             f"histogram_quantile({q}, sum by (le) (increase(vllm:time_to_first_token_seconds_bucket"
             f'{{job="{job}"}}[{window}])))',
+            end,
         )
         for q in (0.5, 0.95)
     }

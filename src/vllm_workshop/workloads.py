@@ -142,16 +142,20 @@ def shared_prefix_conversations(
     return chats
 
 
-def one_prefix_conversations(n: int, turns: int = 2) -> list[Any]:
-    """``n`` conversations that all start with the same long system prompt (the shop's policies): a
-    cache-aware router sends them all where that prefix is cached (one replica) until it balances load."""
+def one_prefix_conversations(n: int, turns: int = 2, seed: int = 0) -> list[Any]:
+    """``n`` conversations that all start with the same long system prompt (the shop's policies, opened by
+    a line naming ``seed``, so each run's prefix is new to the caches): a cache-aware router sends them all
+    where that prefix is cached (one replica) until it balances load."""
     from .loadgen import Conversation
 
+    system = f"Help desk shift {seed}. {SYSTEM_PROMPT}"
     return [
         Conversation(
             f"shop {i}",
-            SYSTEM_PROMPT,
-            tuple(SUPPORT_QUESTIONS[(i + k) % len(SUPPORT_QUESTIONS)] for k in range(turns)),
+            system,
+            tuple(
+                f"{SUPPORT_QUESTIONS[(i + k) % len(SUPPORT_QUESTIONS)]} (customer {i})" for k in range(turns)
+            ),  # noqa: E501
         )
         for i in range(n)
     ]
