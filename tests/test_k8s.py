@@ -421,3 +421,25 @@ def test_a_router_pod_without_its_api_annotation_may_not_mount_a_token() -> None
     assert not policy.service_account_tokens(objs)
     del template["metadata"]["annotations"]["workshop.vllm.ai/calls-kubernetes-api"]
     assert policy.service_account_tokens(objs) == ["Deployment/vllm-router: service account token is mounted"]
+
+
+def test_prometheus_reads_litellms_metrics_with_the_proxys_own_master_key() -> None:
+    objs = objects("gateway-cpu")
+    monitor = one(objs, "ServiceMonitor", "litellm")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    service = one(objs, "Service", "litellm")
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    container = one(objs, "Deployment", "litellm")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    master = env["LITELLM_MASTER_KEY"]["valueFrom"]["secretKeyRef"]
+    assert endpoint["authorization"]["credentials"] == {"name": master["name"], "key": master["key"]}
+    config = next(o for o in by_kind(objs, "ConfigMap") if o["metadata"]["name"].startswith("litellm-config"))
+    assert "prometheus" in yaml.safe_load(config["data"]["config.yaml"])["litellm_settings"]["callbacks"]
+    ingress = one(objs, "NetworkPolicy", "litellm")["spec"]["ingress"]
+    namespaces = [
+        peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+        for rule in ingress
+        for peer in rule.get("from", [])
+    ]
+    assert "monitoring" in namespaces
