@@ -106,13 +106,18 @@ async def run_load_async(
         return list(records), time.perf_counter() - t0
 
 
+def _blocking(work: Any) -> Any:
+    """Run a coroutine to completion on its own event loop in a worker thread (safe inside Jupyter, whose
+    kernel already runs a loop)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, work).result()
+
+
 def run_load(
     base_url: str, model: str, requests: list[LoadRequest], concurrency: int, api_key: str = "none"
 ) -> tuple[list[RequestRecord], float]:
     """Blocking wrapper of :func:`run_load_async` that is safe inside Jupyter."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(asyncio.run, run_load_async(base_url, model, requests, concurrency, api_key))
-        return future.result()
+    return _blocking(run_load_async(base_url, model, requests, concurrency, api_key))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -185,7 +190,7 @@ async def _conversation(
     return records
 
 
-async def run_conversations_async(
+def run_conversations(
     base_url: str,
     model: str,
     chats: Sequence[Conversation],
@@ -196,28 +201,16 @@ async def run_conversations_async(
 ) -> tuple[list[RequestRecord], float]:
     """Run the conversations side by side (each one turn after the other, as a user types), at most
     ``concurrency`` requests in flight; records labelled ``name/turn k``, and the wall time. ``extra_body``
-    goes into every request (e.g. LiteLLM's ``{"cache": {"no-cache": True}}``)."""
+    goes into every request (e.g. LiteLLM's ``{"cache": {"no-cache": True}}``). Safe inside Jupyter."""
     from openai import AsyncOpenAI
 
-    gate = asyncio.Semaphore(concurrency)
-    async with AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600) as client:
-        t0 = time.perf_counter()
-        runs = await asyncio.gather(
-            *(_conversation(client, model, c, max_tokens, t0, gate, extra_body) for c in chats)
-        )
-        return [r for run in runs for r in run], time.perf_counter() - t0
+    async def work() -> tuple[list[RequestRecord], float]:
+        gate = asyncio.Semaphore(concurrency)
+        async with AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600) as client:
+            t0 = time.perf_counter()
+            runs = await asyncio.gather(
+                *(_conversation(client, model, c, max_tokens, t0, gate, extra_body) for c in chats)
+            )
+            return [r for run in runs for r in run], time.perf_counter() - t0
 
-
-def run_conversations(
-    base_url: str,
-    model: str,
-    chats: Sequence[Conversation],
-    concurrency: int,
-    max_tokens: int = 16,
-    api_key: str = "none",
-    extra_body: dict[str, Any] | None = None,
-) -> tuple[list[RequestRecord], float]:
-    """Blocking wrapper of :func:`run_conversations_async` that is safe inside Jupyter."""
-    work = run_conversations_async(base_url, model, chats, concurrency, max_tokens, api_key, extra_body)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, work).result()
+    return _blocking(work())

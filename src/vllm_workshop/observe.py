@@ -128,17 +128,9 @@ def query(url: str, expr: str, at: float | None = None, timeout: float = 10.0) -
     params: dict[str, Any] = {"query": expr}
     if at is not None:
         params["time"] = at
-    try:
-        response = requests.get(f"{url.rstrip('/')}/api/v1/query", params=params, timeout=timeout)
-    except requests.RequestException as exc:
-        raise PrometheusError(
-            f"Prometheus does not answer at {url} ({exc.__class__.__name__}): is it running?"
-        ) from exc
-    body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
-    if response.status_code != 200 or body.get("status") != "success":
-        raise PrometheusError(f"Prometheus refused `{expr}`: {body.get('error', response.text[:200])}")
-    result = body["data"]["result"]
-    if body["data"]["resultType"] == "scalar":
+    data = _get(url, "/api/v1/query", params, timeout)
+    result = data["result"]
+    if data["resultType"] == "scalar":
         return [{"metric": {}, "value": float(result[1])}]
     return [{"metric": r["metric"], "value": float(r["value"][1])} for r in result]
 
@@ -157,11 +149,13 @@ def _get(url: str, path: str, params: dict[str, Any] | None = None, timeout: flo
         response = requests.get(f"{url.rstrip('/')}{path}", params=params, timeout=timeout)
         body = response.json()
     except requests.RequestException as exc:
-        raise PrometheusError(f"Prometheus does not answer at {url}: is it running?") from exc
+        why = exc.__class__.__name__
+        raise PrometheusError(f"Prometheus does not answer at {url} ({why}): is it running?") from exc
     except ValueError as exc:
         raise PrometheusError(f"{url}{path} did not answer JSON: is that Prometheus?") from exc
     if body.get("status") != "success":
-        raise PrometheusError(f"Prometheus refused {path} {params or ''}: {body.get('error')}")
+        what = f"`{params['query']}`" if params and "query" in params else path
+        raise PrometheusError(f"Prometheus refused {what}: {body.get('error')}")
     return body["data"]
 
 
