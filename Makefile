@@ -11,6 +11,9 @@ GPU           ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 
 PYTORCH_INDEX ?=
 LAB_PORT      ?= 8888
 ROOT_FLAG     := $(if $(filter 0,$(shell id -u)),--allow-root,)
+# JupyterLab as `make lab` starts it (the browser test reads them with `make print-LAB_FLAGS`): no news fetched,
+# and the settings below stop it asking about news in a popup that covers the outputs.
+LAB_FLAGS     := --ServerApp.port_retries=20 --LabApp.news_url=None $(ROOT_FLAG)
 CELL_TIMEOUT  ?= 1800
 # The lab model's source: only its GGUF file is used, so it installs without its dependency tree (which
 # would compile llama.cpp from source for ten minutes).
@@ -115,7 +118,11 @@ ifeq ($(LANE),cpu)
 endif
 	touch $@
 
-install: $(PROJECT_STAMP)  ## create .venv and install the lane (idempotent)
+LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
+$(LAB_OVERRIDES): src/vllm_workshop/data/jupyterlab-overrides.json | $(PROJECT_STAMP)
+	mkdir -p $(dir $@) && cp $< $@
+
+install: $(PROJECT_STAMP) $(LAB_OVERRIDES)  ## create .venv and install the lane (idempotent)
 	@echo "==> install ready: $$($(BIN)/python -m vllm_workshop settings)"
 
 model: install  ## build the lab model once (models/SmolLM2-135M-Instruct)
@@ -124,7 +131,7 @@ model: install  ## build the lab model once (models/SmolLM2-135M-Instruct)
 
 lab: model  ## install, prepare the model and open JupyterLab
 	@echo "==> starting JupyterLab on port $(LAB_PORT) (Ctrl-C twice to stop)"
-	cd notebooks && ../$(BIN)/jupyter lab --ServerApp.port=$(LAB_PORT) --ServerApp.port_retries=20 $(ROOT_FLAG)
+	cd notebooks && ../$(BIN)/jupyter lab --ServerApp.port=$(LAB_PORT) $(LAB_FLAGS)
 
 lint: install  ## ruff
 	$(BIN)/ruff check src tests $(wildcard scripts)

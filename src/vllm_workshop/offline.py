@@ -4,17 +4,64 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+import psutil
+
+from vllm_workshop.errors import LabError
 from vllm_workshop.model import resolve_model
+from vllm_workshop.paths import project_root, state_dir
 from vllm_workshop.settings import LabSettings
+
+LOG_TAIL_LINES = 40
+
+
+@contextlib.contextmanager
+def output_to(path: Path) -> Iterator[None]:
+    """Point file descriptors 1 and 2 at ``path`` for the duration: processes started meanwhile (vLLM's engine
+    core and workers) keep writing there, and this process gets its own output back afterwards."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with path.open("ab") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            try:
+                yield
+            finally:
+                for stream in (sys.stdout, sys.stderr):
+                    with contextlib.suppress(Exception):
+                        stream.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        for fd in saved:
+            os.close(fd)
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log file ('' when there is none)."""
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def start_llm(settings: LabSettings, binding: dict[str, str] | None = None, **overrides: Any) -> Any:
     """A ``vllm.LLM`` built from the lane settings, with per-request stats switched on.
 
     ``binding``: the CPU core binding for this engine (default: the lane's, see ``settings.cpu_binding``).
+    vLLM's own output (its engine and worker processes) goes to a file under ``.lab/logs/``, named in one
+    line; if the engine fails to start, the error carries the end of that file.
     """
     from vllm import LLM
 
@@ -22,16 +69,50 @@ def start_llm(settings: LabSettings, binding: dict[str, str] | None = None, **ov
     kwargs = settings.engine_kwargs(**overrides)
     kwargs["model"] = resolve_model(str(kwargs["model"]))
     kwargs.setdefault("disable_log_stats", False)  # needed for RequestOutput.metrics
-    return LLM(**kwargs)
+    log = state_dir() / "logs" / f"engine-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    try:
+        with output_to(log):
+            llm = LLM(**kwargs)
+    except Exception as exc:
+        raise LabError(
+            f"The vLLM engine did not start: {type(exc).__name__}: {exc}\n"
+            f"--- the end of vLLM's log, {log} ---\n{log_tail(log)}"
+        ) from exc
+    llm.workshop_log = log
+    llm.workshop_processes = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.pid not in before and not _is_resource_tracker(p)
+    ]
+    shown = log.relative_to(project_root()) if log.is_relative_to(project_root()) else log
+    print(f"(vLLM's engine log: {shown})", flush=True)
+    return llm
 
 
-def close_llm(llm: Any) -> None:
-    """Shut the engine down so its memory (KV cache, workers) is freed before the next experiment."""
+def _is_resource_tracker(process: psutil.Process) -> bool:
+    """multiprocessing's resource tracker: started with the first engine and shared by the later ones."""
+    try:
+        return any("resource_tracker" in part for part in process.cmdline())
+    except psutil.Error:
+        return False
+
+
+def close_llm(llm: Any, timeout_s: float = 30) -> None:
+    """Shut the engine down and wait for its processes to exit (killing any left after ``timeout_s``), so
+    its memory is freed before the next experiment and no process, running or defunct, is left behind."""
     engine = getattr(llm, "llm_engine", None)
     core = getattr(engine, "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):
         with contextlib.suppress(Exception):
             core.shutdown()
+    processes = getattr(llm, "workshop_processes", [])
+    _, alive = psutil.wait_procs(processes, timeout=timeout_s)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=5)
+    multiprocessing.active_children()  # reaps the engine core in multiprocessing's own bookkeeping
     gc.collect()
 
 
@@ -85,7 +166,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no rows)"
     headers = list(rows[0])
-    cells = [[str(row.get(h, "")) for h in headers] for row in rows]
+    # one line per row: a multi-line value (an answer with newlines) shows ↵ where its line breaks were
+    cells = [[" ↵ ".join(str(row.get(h, "")).splitlines()) for h in headers] for row in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     body = ["  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)) for cell in cells]

@@ -1,0 +1,65 @@
+"""The offline engine helpers: vLLM's output kept in a file, clear start errors, nothing left after close."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from vllm_workshop.errors import LabError
+from vllm_workshop.offline import close_llm, format_table, log_tail, output_to, start_llm
+
+
+def test_a_multi_line_answer_stays_on_its_row() -> None:
+    rows = [{"answer": "Paris.\nIt is the capital.", "tokens": 7}, {"answer": "Blue", "tokens": 2}]
+    table = format_table(rows)
+    lines = table.splitlines()
+    assert len(lines) == 4  # header, rule, two rows
+    assert "Paris. ↵ It is the capital." in lines[2] and lines[2].rstrip().endswith("7")
+
+
+def test_processes_started_inside_output_to_write_to_the_file(tmp_path: Path, capfd) -> None:
+    log = tmp_path / "logs" / "engine.log"
+    with output_to(log):
+        code = "import sys; print('to stdout'); print('to stderr', file=sys.stderr)"
+        subprocess.run([sys.executable, "-c", code], check=True)
+    os.write(1, b"after\n")  # this process has its own output back
+    out, err = capfd.readouterr()
+    assert "after" in out and "to stdout" not in out and "to stderr" not in err
+    assert log.read_text().splitlines() == ["to stdout", "to stderr"]
+    assert log_tail(log, 1) == "to stderr" and log_tail(tmp_path / "absent.log") == ""
+
+
+@pytest.mark.slow
+def test_the_engine_logs_to_a_file_and_close_leaves_no_process(settings, capsys) -> None:
+    from vllm import SamplingParams
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    llm = start_llm(settings, max_num_seqs=4)
+    printed = capsys.readouterr().out
+    assert f"{llm.workshop_log.name}" in printed  # one line says where vLLM's own output went
+    engine = [p for p in llm.workshop_processes if p.is_running()]
+    assert {p.name() for p in engine} >= {"VLLM::EngineCore"}, engine
+    out = llm.generate(["The sky is"], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)
+    assert out[0].outputs[0].token_ids
+    close_llm(llm)
+    left = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.pid not in before and "resource_tracker" not in " ".join(p.cmdline())
+    ]  # multiprocessing's
+    assert not left, [(p.pid, p.status(), p.name()) for p in left]  # neither running nor defunct
+    assert not any(psutil.pid_exists(p.pid) for p in engine)
+
+
+@pytest.mark.slow
+def test_an_engine_that_cannot_start_says_why_from_its_log(settings) -> None:
+    with pytest.raises(LabError, match="did not start") as caught:
+        start_llm(settings, num_gpu_blocks_override=1)  # too small a KV cache for one max_model_len request
+    message = str(caught.value)
+    assert "the end of vLLM's log" in message
+    assert "cache blocks" in message.split("the end of vLLM's log")[1], message  # the engine core's reason
