@@ -11,7 +11,8 @@ import psutil
 import pytest
 
 from vllm_workshop.errors import LabError
-from vllm_workshop.offline import close_llm, format_table, log_tail, output_to, start_llm
+from vllm_workshop.offline import close_llm, format_table, output_to, start_llm
+from vllm_workshop.server import tail
 
 
 def test_a_multi_line_answer_stays_on_its_row() -> None:
@@ -31,7 +32,7 @@ def test_processes_started_inside_output_to_write_to_the_file(tmp_path: Path, ca
     out, err = capfd.readouterr()
     assert "after" in out and "to stdout" not in out and "to stderr" not in err
     assert log.read_text().splitlines() == ["to stdout", "to stderr"]
-    assert log_tail(log, 1) == "to stderr" and log_tail(tmp_path / "absent.log") == ""
+    assert tail(log, lines=1) == "to stderr"
 
 
 @pytest.mark.slow
@@ -41,7 +42,8 @@ def test_the_engine_logs_to_a_file_and_close_leaves_no_process(settings, capsys)
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     llm = start_llm(settings, max_num_seqs=4)
     printed = capsys.readouterr().out
-    assert f"{llm.workshop_log.name}" in printed  # one line says where vLLM's own output went
+    assert f"{llm.workshop_log.name}" in printed  # a line says where vLLM's own output went
+    assert "engine ready after" in printed  # and another when the engine is up
     engine = [p for p in llm.workshop_processes if p.is_running()]
     assert {p.name() for p in engine} >= {"VLLM::EngineCore"}, engine
     out = llm.generate(["The sky is"], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)

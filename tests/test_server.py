@@ -50,10 +50,13 @@ def test_busy_port_is_detected(busy_port: int) -> None:
     assert port_in_use(busy_port)
 
 
-def test_start_waits_for_health_and_stop_frees_the_port(tmp_path: Path) -> None:
+def test_start_waits_for_health_and_stop_frees_the_port(tmp_path: Path, capsys) -> None:
     port = free_port()
     with toy(port, tmp_path, delay=1.0) as server:
         assert server.running
+        said = capsys.readouterr().out.splitlines()  # a line when it starts (with its log), one when ready
+        assert said[0] == f"starting toy on port {port} (its log: {server.log_path}) ..."
+        assert said[1].startswith("toy ready after ")
         assert requests.get(server.base_url + "/health", timeout=2).status_code == 200
     assert not server.running
     assert server.process is not None and server.process.returncode is not None

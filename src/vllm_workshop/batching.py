@@ -108,13 +108,16 @@ def vllm_throughputs(
     The same engine settings at every level, and one engine start instead of one per level.
     """
     llm = start_llm(settings, max_num_seqs=max(prompts), **engine)
+    results = []
     try:
-        return [
-            measure_generate(llm, batch, max_tokens, f"vLLM {level} in flight", in_flight=level)[0]
-            for level, batch in prompts.items()
-        ]
+        for level, batch in prompts.items():
+            print(f"{len(batch)} requests, {level} in flight ...", flush=True)
+            results.append(
+                measure_generate(llm, batch, max_tokens, f"vLLM {level} in flight", in_flight=level)[0]
+            )
     finally:
         close_llm(llm)
+    return results
 
 
 def load_hf_model(settings: LabSettings) -> tuple[Any, Any, str]:

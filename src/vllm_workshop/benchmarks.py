@@ -68,7 +68,10 @@ def check_endpoint(base_url: str, api_key: str | None = None, timeout: float = 5
 
 
 def _run(command: list[str], timeout_s: float, env: dict[str, str], what: str) -> str:
-    """Run a tool in its own process group; past ``timeout_s`` the whole group (its workers too) is killed."""
+    """Run a tool in its own process group; past ``timeout_s`` the whole group (its workers too) is killed.
+    A line when it starts and one when it ends: these runs take tens of seconds."""
+    print(f"running {what} ...", flush=True)
+    started = time.perf_counter()
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
     )
@@ -85,6 +88,7 @@ def _run(command: list[str], timeout_s: float, env: dict[str, str], what: str) -
     if process.returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-15:])
         raise BenchError(f"{what} failed (exit {process.returncode}):\n{tail}")
+    print(f"... done in {time.perf_counter() - started:.0f} s", flush=True)
     return output
 
 

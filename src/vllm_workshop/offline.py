@@ -17,10 +17,9 @@ import psutil
 
 from vllm_workshop.errors import LabError
 from vllm_workshop.model import resolve_model
-from vllm_workshop.paths import project_root, state_dir
+from vllm_workshop.paths import state_dir
+from vllm_workshop.server import shown, tail
 from vllm_workshop.settings import LabSettings
-
-LOG_TAIL_LINES = 40
 
 
 @contextlib.contextmanager
@@ -49,13 +48,6 @@ def output_to(path: Path) -> Iterator[None]:
             os.close(fd)
 
 
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """The last ``lines`` lines of a log file ('' when there is none)."""
-    if not path.exists():
-        return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
 def start_llm(settings: LabSettings, binding: dict[str, str] | None = None, **overrides: Any) -> Any:
     """A ``vllm.LLM`` built from the lane settings, with per-request stats switched on.
 
@@ -71,22 +63,23 @@ def start_llm(settings: LabSettings, binding: dict[str, str] | None = None, **ov
     kwargs.setdefault("disable_log_stats", False)  # needed for RequestOutput.metrics
     log = state_dir() / "logs" / f"engine-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     before = {p.pid for p in psutil.Process().children(recursive=True)}
+    print(f"starting the vLLM engine (vLLM's engine log: {shown(log)}) ...", flush=True)
+    started = time.perf_counter()
     try:
         with output_to(log):
             llm = LLM(**kwargs)
     except Exception as exc:
         raise LabError(
             f"The vLLM engine did not start: {type(exc).__name__}: {exc}\n"
-            f"--- the end of vLLM's log, {log} ---\n{log_tail(log)}"
+            f"--- the end of vLLM's log, {log} ---\n{tail(log)}"
         ) from exc
+    print(f"engine ready after {time.perf_counter() - started:.0f} s", flush=True)
     llm.workshop_log = log
     llm.workshop_processes = [
         p
         for p in psutil.Process().children(recursive=True)
         if p.pid not in before and not _is_resource_tracker(p)
     ]
-    shown = log.relative_to(project_root()) if log.is_relative_to(project_root()) else log
-    print(f"(vLLM's engine log: {shown})", flush=True)
     return llm
 
 

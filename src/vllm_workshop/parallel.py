@@ -95,7 +95,11 @@ def run_parallel(
         ]
         return [*args, "--enforce-eager"] if settings.enforce_eager else args
 
+    print(f"TP={tensor_parallel} PP={pipeline_parallel}: {world} worker process(es) ...", flush=True)
+    started = time.perf_counter()
     result, error = run_isolated(command, env, timeout_s)
+    outcome = "ran" if result is not None else "failed (reason below)"
+    print(f"... {outcome} in {time.perf_counter() - started:.0f} s", flush=True)
     if result is None:
         return ParallelRun(tensor_parallel, pipeline_parallel, False, error=error)
     return ParallelRun(tensor_parallel, pipeline_parallel, True, **result)

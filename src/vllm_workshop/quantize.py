@@ -128,6 +128,7 @@ def quantize(source: str | Path, name: str, force: bool = False, timeout_s: floa
     if (out / "config.json").exists() and not force:
         return out
     scheme = SCHEMES[name][0]
+    print(f"building {name} with llm-compressor (once; later runs reuse {out.name}) ...", flush=True)
     command = [str(quant_python()), "-m", "vllm_workshop.quantize", "build", str(source), scheme, str(out)]
     env = {"PYTHONPATH": str(project_root() / "src"), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
     try:

@@ -24,7 +24,7 @@ import requests
 
 from vllm_workshop.errors import PortInUseError, ServerStartError
 from vllm_workshop.model import resolve_model
-from vllm_workshop.paths import state_dir
+from vllm_workshop.paths import project_root, state_dir
 from vllm_workshop.settings import LabSettings
 
 LOCALHOST = "127.0.0.1"
@@ -51,6 +51,11 @@ def port_in_use(port: int, host: str = LOCALHOST) -> bool:
         except OSError:
             return True
     return False
+
+
+def shown(path: Path) -> Path:
+    """A path as a learner finds it: relative to the workshop folder when inside it."""
+    return path.relative_to(project_root()) if path.is_relative_to(project_root()) else path
 
 
 def tail(path: Path, lines: int = 40, offset: int = 0) -> str:
@@ -119,8 +124,11 @@ class ManagedServer:
         """Start the process and block until it is healthy (or raise :class:`ServerStartError`)."""
         if self.running:
             return self
+        started = time.perf_counter()
         self.launch()
+        print(f"starting {self.name} on port {self.port} (its log: {shown(self.log_path)}) ...", flush=True)
         self.wait_healthy(timeout)
+        print(f"{self.name} ready after {time.perf_counter() - started:.0f} s", flush=True)
         return self
 
     def launch(self) -> ManagedServer:
