@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,20 @@ def test_start_waits_for_health_and_stop_frees_the_port(tmp_path: Path, capsys) 
     assert not server.running
     assert server.process is not None and server.process.returncode is not None
     assert not port_in_use(port)
+
+
+def test_a_server_started_with_sigint_ignored_still_stops_on_sigint(tmp_path: Path) -> None:
+    """`make test &` or nohup starts with SIGINT ignored; the server must not inherit that (stop() would wait
+    its whole SIGINT timeout, then fall back to SIGTERM)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        server = toy(free_port(), tmp_path).start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    started = time.monotonic()
+    code = server.stop(timeout=20)
+    assert time.monotonic() - started < 10, "SIGINT was ignored: stop() waited for its timeout"
+    assert code is not None and code != -signal.SIGTERM
 
 
 def test_port_in_use_is_refused_before_starting(tmp_path: Path, busy_port: int) -> None:

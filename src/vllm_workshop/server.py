@@ -53,6 +53,12 @@ def port_in_use(port: int, host: str = LOCALHOST) -> bool:
     return False
 
 
+def _default_sigint() -> None:
+    """(in the child, before exec) Let SIGINT stop the server even when this process ignores it: a shell
+    starts background jobs (`make test &`, nohup) with SIGINT ignored, and children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def shown(path: Path) -> Path:
     """A path as a learner finds it: relative to the workshop folder when inside it."""
     return path.relative_to(project_root()) if path.is_relative_to(project_root()) else path
@@ -152,6 +158,7 @@ class ManagedServer:
                 stderr=subprocess.STDOUT,
                 env=self.env,
                 start_new_session=True,  # own process group: stop() reaches the engine workers too
+                preexec_fn=_default_sigint,
             )
         _LIVE.add(self)
         return self
