@@ -8,12 +8,12 @@ One stack serves the module; tests that kill a backend start it again before the
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser import ARTIFACTS, launch_chromium
 from fake_openai import PROMPT_TOKENS, fake_backend
 from openai import APIStatusError, OpenAI
 
@@ -30,9 +30,6 @@ from vllm_workshop.gateway import (
 from vllm_workshop.gateway_lessons import all_backends_down, refused, stream_failover
 from vllm_workshop.server import free_port
 from vllm_workshop.store import StoreError
-
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 pytestmark = pytest.mark.slow  # real LiteLLM proxies and Redis: about a minute and a half in all
 
@@ -90,7 +87,7 @@ def test_open_webui_chat_in_a_real_browser(stack: GatewayStack) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     sent_at = time.time()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         try:
             page.goto(webui.base_url + "/auth", wait_until="networkidle")

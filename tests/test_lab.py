@@ -13,12 +13,11 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+from browser import ARTIFACTS, launch_chromium
 
 from vllm_workshop.server import ManagedServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "artifacts"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
 @pytest.mark.slow
@@ -46,15 +45,20 @@ def test_jupyterlab_serves_the_notebooks(tmp_path: Path) -> None:
         assert "python3" in kernels["kernelspecs"]
 
 
-def _lab_command(port: int, token: str, root: Path) -> list[str]:
-    """JupyterLab started with `make lab`'s own flags (read from the Makefile), on a given port and folder."""
-    flags = subprocess.run(
-        ["make", "-s", "--no-print-directory", "print-LAB_FLAGS"],
+def _make_var(name: str) -> str:
+    """A variable as the Makefile defines it (`make print-NAME`)."""
+    done = subprocess.run(
+        ["make", "-s", "--no-print-directory", f"print-{name}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.split()
+    )
+    return done.stdout.strip()
+
+
+def _lab_command(port: int, token: str, root: Path) -> list[str]:
+    """JupyterLab started with `make lab`'s own flags (read from the Makefile), on a given port and folder."""
     return [
         sys.executable,
         "-m",
@@ -63,7 +67,7 @@ def _lab_command(port: int, token: str, root: Path) -> list[str]:
         f"--ServerApp.port={port}",
         f"--ServerApp.root_dir={root}",
         f"--IdentityProvider.token={token}",
-        *flags,
+        *_make_var("LAB_FLAGS").split(),
     ]
 
 
@@ -82,7 +86,7 @@ def test_a_learner_runs_module_1_in_jupyterlab_in_chromium(tmp_path: Path, monke
     # No user settings of this machine's: what the learner sees comes from the lab's own settings
     monkeypatch.setenv("JUPYTERLAB_SETTINGS_DIR", str(tmp_path / "user-settings"))
     monkeypatch.setenv("JUPYTERLAB_WORKSPACES_DIR", str(tmp_path / "workspaces"))
-    overrides = ROOT / ".venv" / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    overrides = ROOT / _make_var("LAB_OVERRIDES")  # in this lane's venv
     notification = json.loads(overrides.read_text())["@jupyterlab/apputils-extension:notification"]
     assert notification["fetchNews"] == "false"  # installed by `make install`
     port, token = free_port(), "workshop-browser"
@@ -93,7 +97,7 @@ def test_a_learner_runs_module_1_in_jupyterlab_in_chromium(tmp_path: Path, monke
         _lab_command(port, token, root), name="jupyterlab", port=port, health_path="/api", log_dir=tmp_path
     )
     with lab, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
             page.goto(f"{lab.base_url}/lab/tree/{notebook}?token={token}")
@@ -120,7 +124,7 @@ def test_a_learner_runs_module_1_in_jupyterlab_in_chromium(tmp_path: Path, monke
         finally:
             browser.close()
         sessions = requests.get(f"{lab.base_url}/api/sessions", params={"token": token}, timeout=10).json()
-        kernel = psutil.Process(_kernel_pid(lab.process.pid))
+        kernel = _kernel(lab.process.pid)
         children = kernel.children(recursive=True)
         engine = [c for c in children if c.name().startswith("VLLM")]
         assert engine, "the kernel runs no vLLM engine: the notebook's engine cell did not run"
@@ -132,10 +136,10 @@ def test_a_learner_runs_module_1_in_jupyterlab_in_chromium(tmp_path: Path, monke
     assert shot.stat().st_size > 20_000
 
 
-def _kernel_pid(server_pid: int) -> int:
-    """The pid of the notebook's kernel: the ipykernel process JupyterLab started."""
+def _kernel(server_pid: int) -> psutil.Process:
+    """The notebook's kernel: the ipykernel process JupyterLab started."""
     for process in psutil.Process(server_pid).children(recursive=True):
         with contextlib.suppress(psutil.Error):
             if "ipykernel_launcher" in " ".join(process.cmdline()):
-                return process.pid
+                return process
     raise AssertionError("JupyterLab runs no ipykernel process")
