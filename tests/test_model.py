@@ -103,10 +103,15 @@ def test_failed_build_leaves_the_old_model_intact(tmp_path: Path, monkeypatch: p
 
 
 @pytest.mark.slow
-def test_real_build_gives_a_loadable_llama(tmp_path: Path) -> None:
+def test_real_build_gives_a_loadable_llama() -> None:
+    """The lab model as `make model` built it from the GGUF (in `make test`, earlier in the same run; the
+    build is not repeated here: it takes half a minute and every notebook loads its result)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    target = prepare_lab_model(tmp_path / "SmolLM2", quiet=True)
+    from vllm_workshop.paths import default_model_dir
+
+    target = prepare_lab_model(default_model_dir(), quiet=True)  # builds it only if `make model` did not
+    assert (target / MARKER).exists() and check_model_dir(target) == target
     config = AutoConfig.from_pretrained(target)
     assert config.architectures == ["LlamaForCausalLM"]
     assert (config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads) == (30, 9, 3)

@@ -17,6 +17,8 @@ def test_cpu_binding_gives_each_rank_a_core() -> None:
 def test_root_cause_keeps_the_telling_lines() -> None:
     log = "INFO starting\n(EngineCore) ERROR [core.py:1] AssertionError: Not enough allowed NUMA nodes\nbye\n"
     assert root_cause(log) == "AssertionError: Not enough allowed NUMA nodes"
+    coloured = "\x1b[31mERROR\x1b[0m \x1b[90m[executor.py:1063]\x1b[0m     assert self.tensors is not None\n"
+    assert root_cause(coloured) == "assert self.tensors is not None"
 
 
 @pytest.mark.slow

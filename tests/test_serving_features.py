@@ -23,6 +23,7 @@ from vllm_workshop.structured import PERSON_SCHEMA, extraction_prompts, json_sch
 from vllm_workshop.tools import (
     TOOLS,
     call_problem,
+    call_rate,
     chat_template_path,
     convert_currency,
     get_weather,
@@ -74,6 +75,43 @@ def test_tool_calls_are_checked_against_the_tools_schemas() -> None:
         call("convert_currency", '{"amount": "ten", "from_currency": "EUR", "to_currency": "USD"}')
     )
     assert {t["function"]["name"] for t in TOOLS} == {"get_weather", "convert_currency"}
+
+
+def test_call_rate_counts_well_formed_calls_and_asks_at_once() -> None:
+    """Each question gets its own reply (matched by question, not by arrival order) and they are in flight
+    together, so the engine batches them."""
+    import threading
+    import time
+
+    lock, state = threading.Lock(), {"now": 0, "most": 0}
+    replies = {
+        "weather?": [call("get_weather", '{"city": "Paris"}')],
+        "bad json": [call("get_weather", "{city")],
+        "chat only": None,
+        "two good": [
+            call("get_weather", '{"city": "Rome"}'),
+            call("convert_currency", '{"amount": 1, "from_currency": "EUR", "to_currency": "USD"}'),
+        ],
+    }
+
+    def create(**kwargs):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.2)
+        with lock:
+            state["now"] -= 1
+        message = SimpleNamespace(tool_calls=replies[kwargs["messages"][0]["content"]])
+        return SimpleNamespace(choices=[SimpleNamespace(message=message)])
+
+    client = SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create)))
+    rate = call_rate(client, "m", list(replies), "auto", concurrency=4)
+    assert (rate.asked, rate.well_formed) == (4, 2)
+    assert rate.problems[1] == "no tool call" and "not JSON" in rate.problems[0]
+    assert state["most"] == 4
+    state["most"] = 0
+    assert call_rate(client, "m", list(replies), "auto", concurrency=1).well_formed == 2
+    assert state["most"] == 1
 
 
 def test_the_tools_answer_from_lab_data() -> None:

@@ -101,13 +101,16 @@ def vllm_throughput(
 
 
 def vllm_throughputs(
-    settings: LabSettings, prompts: dict[int, list[str]], max_tokens: int, **engine: Any
+    settings: LabSettings, prompts: dict[int, list[str]], max_tokens: int, llm: Any = None, **engine: Any
 ) -> list[Throughput]:
     """One engine (``max_num_seqs`` = the largest level), timed at each level of ``{in_flight: prompts}``.
 
-    The same engine settings at every level, and one engine start instead of one per level.
+    The same engine settings at every level, and one engine start instead of one per level. Pass ``llm`` to
+    measure an engine you started (and close) yourself, to use it for more afterwards.
     """
-    llm = start_llm(settings, max_num_seqs=max(prompts), **engine)
+    own = llm is None
+    if own:
+        llm = start_llm(settings, max_num_seqs=max(prompts), **engine)
     results = []
     try:
         for level, batch in prompts.items():
@@ -116,7 +119,8 @@ def vllm_throughputs(
                 measure_generate(llm, batch, max_tokens, f"vLLM {level} in flight", in_flight=level)[0]
             )
     finally:
-        close_llm(llm)
+        if own:
+            close_llm(llm)
     return results
 
 

@@ -97,7 +97,11 @@ def refused(
     api_key: str | None = None,
     model: str = MODEL_GROUP,
 ) -> list[str]:
-    """Send ``attempts`` distinct requests with a key; ``"ok"`` or ``"<status>: <message>"`` per request."""
+    """Send ``attempts`` distinct requests with a key; ``"ok"`` or ``"<status>: <message>"`` per request.
+
+    The proxy adds an answer's cost to the key's spend just after sending the answer; with an alias, each
+    answered request waits (up to 5 s) until its spend is recorded, so the next request is checked against it.
+    """
     client = OpenAI(
         base_url=stack.openai_base_url,
         api_key=api_key or key_for(alias or "learner"),
@@ -107,8 +111,12 @@ def refused(
     outcomes = []
     for i in range(attempts):
         try:
+            before = stack.spend().get(alias, 0.0) if alias else 0.0
             ask(client, f"Give me one word that rhymes with cat. (attempt {i} {time.time()})", 8, model)
             outcomes.append("ok")
+            deadline = time.monotonic() + 5
+            while alias and stack.spend().get(alias, 0.0) == before and time.monotonic() < deadline:
+                time.sleep(0.05)
         except APIStatusError as exc:
             message = exc.body.get("message", str(exc)) if isinstance(exc.body, dict) else str(exc)
             outcomes.append(f"{exc.status_code}: {message}")

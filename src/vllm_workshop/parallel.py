@@ -1,8 +1,9 @@
 """A real distributed vLLM run on one machine: tensor / pipeline parallel workers as separate processes.
 
-Each configuration runs in a fresh subprocess (``python -m vllm_workshop.parallel``, through
-:func:`vllm_workshop.isolated.run_isolated`), so a configuration that vLLM refuses or that crashes is recorded
-with its error, and per-run settings such as CPU thread binding do not leak between runs.
+Configurations run outside the caller (``python -m vllm_workshop.parallel``, through
+:mod:`vllm_workshop.isolated`): :func:`run_parallel` one per fresh subprocess, :func:`run_parallel_each`
+several in one subprocess (vLLM imported once), each with its own engine and thread binding. A configuration
+that vLLM refuses or that crashes is recorded with its error instead of taking the caller down.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vllm_workshop.isolated import run_isolated
+from vllm_workshop.isolated import PROGRESS, each_spec, run_isolated, run_isolated_each
+from vllm_workshop.paths import state_dir
 from vllm_workshop.settings import LabSettings
 
 PROMPTS = (
@@ -61,6 +64,23 @@ def cpu_thread_binding(world_size: int, cores: int | None = None) -> str:
     return "|".join(str(rank % cores) for rank in range(world_size))
 
 
+def _binding(settings: LabSettings, world: int) -> dict[str, str]:
+    """The thread binding of a run with ``world`` workers: vLLM's auto binding for one, one core each else."""
+    return (
+        {"VLLM_CPU_OMP_THREADS_BIND": cpu_thread_binding(world)}
+        if settings.device == "cpu" and world > 1
+        else {}
+    )
+
+
+def _arguments(
+    settings: LabSettings, tensor_parallel: int, pipeline_parallel: int, max_tokens: int
+) -> list[str]:
+    args = ["--model", settings.model, "--dtype", settings.dtype, "--tp", str(tensor_parallel)]
+    args += ["--pp", str(pipeline_parallel), "--max-tokens", str(max_tokens)]
+    return [*args, "--enforce-eager"] if settings.enforce_eager else args
+
+
 def run_parallel(
     settings: LabSettings,
     tensor_parallel: int = 1,
@@ -72,32 +92,13 @@ def run_parallel(
     env = settings.process_env(binding={})  # vLLM's auto binding splits the cores over the TP ranks
     env["VLLM_LOGGING_LEVEL"] = "WARNING"
     world = tensor_parallel * pipeline_parallel
-    if settings.device == "cpu" and world > 1:
-        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_thread_binding(world)
-
-    def command(out: Path) -> list[str]:
-        args = [
-            sys.executable,
-            "-m",
-            "vllm_workshop.parallel",
-            "--model",
-            settings.model,
-            "--dtype",
-            settings.dtype,
-            "--tp",
-            str(tensor_parallel),
-            "--pp",
-            str(pipeline_parallel),
-            "--max-tokens",
-            str(max_tokens),
-            "--out",
-            str(out),
-        ]
-        return [*args, "--enforce-eager"] if settings.enforce_eager else args
-
+    env.update(_binding(settings, world))
+    args = _arguments(settings, tensor_parallel, pipeline_parallel, max_tokens)
     print(f"TP={tensor_parallel} PP={pipeline_parallel}: {world} worker process(es) ...", flush=True)
     started = time.perf_counter()
-    result, error = run_isolated(command, env, timeout_s)
+    result, error = run_isolated(
+        lambda out: [sys.executable, "-m", "vllm_workshop.parallel", *args, "--out", str(out)], env, timeout_s
+    )
     outcome = "ran" if result is not None else "failed (reason below)"
     print(f"... {outcome} in {time.perf_counter() - started:.0f} s", flush=True)
     if result is None:
@@ -105,9 +106,70 @@ def run_parallel(
     return ParallelRun(tensor_parallel, pipeline_parallel, True, **result)
 
 
-def _main(argv: list[str] | None = None) -> None:
-    """Subprocess entry point: build the engine, time one greedy generate, write JSON."""
-    parser = argparse.ArgumentParser()
+def run_parallel_each(
+    settings: LabSettings,
+    configs: Sequence[tuple[int, int]],
+    max_tokens: int = 24,
+    timeout_s: float = 600,
+) -> dict[tuple[int, int], ParallelRun]:
+    """Each ``(tensor_parallel, pipeline_parallel)`` in turn in ONE subprocess (vLLM is imported once), each
+    with its own engine and thread binding; one the process did not finish runs alone (:func:`run_parallel`).
+    """
+    configs = list(dict.fromkeys(configs))
+    env = settings.process_env(binding={})
+    env["VLLM_LOGGING_LEVEL"] = "WARNING"
+    specs = [
+        {
+            "name": f"{tp}x{pp}",
+            "progress": f"TP={tp} PP={pp}: {tp * pp} worker process(es) ...",
+            "args": _arguments(settings, tp, pp, max_tokens),
+            "env": _binding(settings, tp * pp),
+        }
+        for tp, pp in configs
+    ]
+    log = state_dir() / "logs" / f"parallel-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    print(f"{len(specs)} configurations, one after another in one process (its log: {log})", flush=True)
+    command = [sys.executable, "-m", "vllm_workshop.parallel", "--each"]
+    entries = run_isolated_each(
+        lambda spec, out: [*command, str(spec), str(out), str(log)], env, specs, timeout_s, log
+    )
+    runs = {}
+    for (tp, pp), entry in zip(configs, entries, strict=True):
+        if entry is None:
+            print(f"TP={tp} PP={pp}: not finished by the shared process; running it alone", flush=True)
+            runs[tp, pp] = run_parallel(settings, tp, pp, max_tokens, timeout_s)
+        elif "error" in entry:
+            runs[tp, pp] = ParallelRun(tp, pp, False, error=entry["error"])
+        else:
+            runs[tp, pp] = ParallelRun(tp, pp, True, **entry["result"])
+    return runs
+
+
+def _each(spec_path: str, out_path: str, log_path: str) -> None:
+    """(subprocess) :func:`_generate` each spec with its own thread binding, closing its engine before the
+    next."""
+    bound = "VLLM_CPU_OMP_THREADS_BIND"
+    inherited = os.environ.get(bound)
+
+    def measure(spec: dict[str, Any]) -> dict[str, Any]:
+        os.environ.pop(bound, None)
+        if inherited is not None:
+            os.environ[bound] = inherited
+        os.environ.update(spec["env"])  # read by the engine's processes as they start
+        started = time.perf_counter()
+        try:
+            result = _generate(_parser().parse_args([*spec["args"], "--out", "-"]))
+        except Exception:
+            print(f"{PROGRESS}... failed in {time.perf_counter() - started:.0f} s (reason below)", flush=True)
+            raise
+        print(f"{PROGRESS}... ran in {time.perf_counter() - started:.0f} s", flush=True)
+        return result
+
+    each_spec(spec_path, out_path, log_path, measure)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vllm_workshop.parallel")
     parser.add_argument("--model", required=True)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--tp", type=int, default=1)
@@ -115,9 +177,14 @@ def _main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _generate(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the engine, time one greedy generate of the fixed prompts, close the engine."""
     from vllm import LLM, SamplingParams
+
+    from vllm_workshop.offline import close_llm
 
     start = time.perf_counter()
     llm = LLM(
@@ -130,21 +197,34 @@ def _main(argv: list[str] | None = None) -> None:
         pipeline_parallel_size=args.pp,
         distributed_executor_backend="mp",
     )
-    started = time.perf_counter() - start
-    chats = [[{"role": "user", "content": p}] for p in PROMPTS]
-    params = SamplingParams(temperature=0, max_tokens=args.max_tokens)
-    llm.chat(chats[:1], SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)  # warm-up
-    t0 = time.perf_counter()
-    outputs = llm.chat(chats, params, use_tqdm=False)
-    elapsed = time.perf_counter() - t0
-    result: dict[str, Any] = {
+    try:
+        started = time.perf_counter() - start
+        chats = [[{"role": "user", "content": p}] for p in PROMPTS]
+        params = SamplingParams(temperature=0, max_tokens=args.max_tokens)
+        llm.chat(chats[:1], SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)  # warm-up
+        t0 = time.perf_counter()
+        outputs = llm.chat(chats, params, use_tqdm=False)
+        elapsed = time.perf_counter() - t0
+    finally:
+        close_llm(llm)
+    return {
         "texts": [o.outputs[0].text for o in outputs],
         "token_ids": [list(o.outputs[0].token_ids) for o in outputs],
         "start_s": started,
         "generate_s": elapsed,
         "generated_tokens": sum(len(o.outputs[0].token_ids) for o in outputs),
     }
-    Path(args.out).write_text(json.dumps(result))
+
+
+def _main(argv: list[str] | None = None) -> None:
+    """Subprocess entry point: ``--each SPEC OUT LOG`` (:func:`run_parallel_each`), else one run whose result
+    goes to ``--out`` as JSON."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--each"]:
+        _each(*argv[1:4])
+        return
+    args = _parser().parse_args(argv)
+    Path(args.out).write_text(json.dumps(_generate(args)))
 
 
 if __name__ == "__main__":

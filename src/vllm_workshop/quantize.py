@@ -1,8 +1,9 @@
 """Quantize the lab model with llm-compressor and measure each variant in vLLM: size, speed, quality.
 
 Quantization runs in ``.venv-quant`` (llm-compressor pins its own transformers); the result is a
-compressed-tensors checkpoint that vLLM loads directly. Each variant is then measured in a fresh subprocess
-of the main environment (``python -m vllm_workshop.quantize eval``): a failing variant is reported, not fatal.
+compressed-tensors checkpoint that vLLM loads directly. The variants are then measured in one subprocess of
+the main environment (``python -m vllm_workshop.quantize eval-all``), each in its own engine: a variant vLLM
+refuses is reported with its reason, not fatal, and one the process did not reach is measured alone.
 
 Quality is measured two ways: perplexity of a fixed text shipped with the repo (``prompt_logprobs`` from vLLM
 itself) and agreement of greedy answers with the unquantized model on a fixed question set.
@@ -13,19 +14,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vllm_workshop.errors import LabError
-from vllm_workshop.isolated import run_isolated
-from vllm_workshop.paths import models_dir, project_root
+from vllm_workshop.isolated import each_spec, run_isolated, run_isolated_each
+from vllm_workshop.paths import models_dir, project_root, state_dir
 from vllm_workshop.settings import LabSettings
 
 QUANT_VENV = ".venv-quant"
+MODULE = "vllm_workshop.quantize"
 EVAL_TEXT = Path("modules/03-quantization/data/eval-text.txt")
 QUESTIONS = (
     "What is the capital of France?",
@@ -122,45 +126,67 @@ def variant_dir(name: str) -> Path:
 
 def quantize(source: str | Path, name: str, force: bool = False, timeout_s: float = 1200) -> Path:
     """Build one variant (once; ``force`` rebuilds) with llm-compressor in ``.venv-quant``."""
-    if name not in SCHEMES:
-        raise LabError(f"Unknown quantization scheme {name!r}. Known schemes: {', '.join(SCHEMES)}.")
-    out = variant_dir(name)
-    if (out / "config.json").exists() and not force:
-        return out
-    scheme = SCHEMES[name][0]
-    print(f"building {name} with llm-compressor (once; later runs reuse {out.name}) ...", flush=True)
-    command = [str(quant_python()), "-m", "vllm_workshop.quantize", "build", str(source), scheme, str(out)]
+    return quantize_all(source, [name], force, timeout_s)[name]
+
+
+def quantize_all(
+    source: str | Path, names: Sequence[str], force: bool = False, timeout_s: float = 1200
+) -> dict[str, Path]:
+    """Build the variants not built yet (``force``: all) with llm-compressor in ``.venv-quant``, in one
+    process (llm-compressor is imported once); ``{name: folder}``."""
+    unknown = [name for name in names if name not in SCHEMES]
+    if unknown:
+        raise LabError(f"Unknown quantization scheme {unknown[0]!r}. Known schemes: {', '.join(SCHEMES)}.")
+    folders = {name: variant_dir(name) for name in names}
+    todo = [name for name, out in folders.items() if force or not (out / "config.json").exists()]
+    if not todo:
+        return folders
+    print(f"building {', '.join(todo)} with llm-compressor (once; later runs reuse them) ...", flush=True)
+    jobs = [f"{SCHEMES[name][0]}={folders[name]}" for name in todo]
+    command = [str(quant_python()), "-m", MODULE, "build", str(source), *jobs]
     env = {"PYTHONPATH": str(project_root() / "src"), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+    started = time.perf_counter()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout_s)
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout_s * len(todo))
     except subprocess.TimeoutExpired:
-        raise LabError(f"quantizing {name} took longer than {timeout_s:.0f} s and was stopped.") from None
-    if done.returncode != 0 or not (out / "config.json").exists():
-        raise LabError(f"quantizing {name} failed:\n{done.stderr[-3000:]}")
-    return out
+        raise LabError(
+            f"quantizing {', '.join(todo)} took longer than {timeout_s * len(todo):.0f} s and was stopped."
+        ) from None
+    missing = [name for name in todo if not (folders[name] / "config.json").exists()]
+    if done.returncode != 0 or missing:
+        raise LabError(f"quantizing {', '.join(missing or todo)} failed:\n{done.stderr[-3000:]}")
+    print(f"... built in {time.perf_counter() - started:.0f} s", flush=True)
+    return folders
 
 
-def _build(source: str, scheme: str, out: str) -> None:
-    """(``.venv-quant``) Data-free quantization with llm-compressor, saved compressed."""
+def _build(source: str, *jobs: str) -> None:
+    """(``.venv-quant``) Data-free quantization with llm-compressor, saved compressed: one ``SCHEME=OUT`` per
+    variant (the legacy form ``SCHEME OUT`` is one variant)."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
     from llmcompressor import oneshot
     from llmcompressor.modifiers.quantization import QuantizationModifier
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(source, dtype="auto")
+    if len(jobs) == 2 and "=" not in jobs[0]:
+        jobs = (f"{jobs[0]}={jobs[1]}",)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    if scheme == "W4A16-G64":
-        # Group sizes must divide the 576-wide hidden size: 64, not the usual 128.
-        weights = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=64)
-        recipe = QuantizationModifier(
-            config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=weights)},
-            ignore=["lm_head"],
-        )
-    else:
-        recipe = QuantizationModifier(targets="Linear", scheme=scheme, ignore=["lm_head"])
-    oneshot(model=model, recipe=recipe)
-    model.save_pretrained(out, save_compressed=True)
-    tokenizer.save_pretrained(out)
+    for job in jobs:
+        scheme, out = job.split("=", 1)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype="auto")  # a fresh copy per variant
+        if scheme == "W4A16-G64":
+            # Group sizes must divide the 576-wide hidden size: 64, not the usual 128.
+            weights = QuantizationArgs(
+                num_bits=4, type="int", symmetric=True, strategy="group", group_size=64
+            )
+            recipe = QuantizationModifier(
+                config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=weights)},
+                ignore=["lm_head"],
+            )
+        else:
+            recipe = QuantizationModifier(targets="Linear", scheme=scheme, ignore=["lm_head"])
+        oneshot(model=model, recipe=recipe)
+        model.save_pretrained(out, save_compressed=True)
+        tokenizer.save_pretrained(out)
 
 
 @dataclass
@@ -226,27 +252,113 @@ def evaluate(
     return VariantResult(name, True, dtype, disk_mib=size, **result)
 
 
-def _eval(
-    folder: str, dtype: str, out: str, quantization: str = "none", kv_cache_dtype: str = "auto"
-) -> None:
-    """(subprocess) Load with vLLM; perplexity, greedy answers, throughput at batch 1 and 64, KV capacity."""
-    from vllm import LLM, SamplingParams
+@dataclass(frozen=True)
+class Variant:
+    """One configuration to measure: a model folder or hub id, and how vLLM loads it."""
 
+    name: str
+    model: str | Path
+    quantization: str | None = None
+    dtype: str | None = None  # the lane's dtype when None
+    kv_cache_dtype: str = "auto"
+
+
+def evaluate_all(
+    settings: LabSettings, variants: Sequence[Variant], timeout_s: float = 900
+) -> list[VariantResult]:
+    """Measure the variants one after another in ONE fresh vLLM process, each with its own engine: vLLM is
+    imported once, not once per variant. A variant the engine refuses comes back with its reason; if the
+    process dies or hangs, each variant it did not finish is measured again in a process of its own."""
+    env = settings.process_env()
+    env["VLLM_LOGGING_LEVEL"] = "WARNING"
+    specs = [
+        {
+            "name": v.name,
+            "progress": f"measuring {v.name} ({v.dtype or settings.dtype}) ...",
+            "model": str(v.model),
+            "quantization": v.quantization or "none",
+            "dtype": v.dtype or settings.dtype,
+            "kv_cache_dtype": v.kv_cache_dtype,
+        }
+        for v in variants
+    ]
+    log = state_dir() / "logs" / f"quant-eval-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    print(f"measuring {len(specs)} variants in one vLLM process (its log: {log}) ...", flush=True)
+    entries = run_isolated_each(
+        lambda spec, out: [sys.executable, "-m", MODULE, "eval-all", str(spec), str(out), str(log)],
+        env,
+        specs,
+        timeout_s,
+        log,
+    )
+    results = []
+    for variant, spec, entry in zip(variants, specs, entries, strict=True):
+        size = disk_mib(Path(variant.model))
+        if entry is None:  # the shared process died or hung before this one: measure it alone
+            print(f"{variant.name}: not measured by the shared process; measuring it alone ...", flush=True)
+            v = variant
+            results.append(
+                evaluate(
+                    settings, v.name, v.model, v.quantization, timeout_s, v.kv_cache_dtype, spec["dtype"]
+                )
+            )
+        elif "error" in entry:
+            results.append(
+                VariantResult(variant.name, False, spec["dtype"], disk_mib=size, error=entry["error"])
+            )
+        else:
+            results.append(VariantResult(variant.name, True, spec["dtype"], disk_mib=size, **entry["result"]))
+    return results
+
+
+def _eval_all(spec_path: str, out_path: str, log_path: str) -> None:
+    """(subprocess) Load and :func:`_measure` each variant in turn, closing each engine before the next."""
+    from vllm import LLM
+
+    from vllm_workshop.offline import close_llm
+
+    def measure(spec: dict[str, Any]) -> dict[str, Any]:
+        llm = _load(LLM, spec["model"], spec["dtype"], spec["quantization"], spec["kv_cache_dtype"])
+        try:
+            return _measure(llm)
+        finally:
+            close_llm(llm)
+
+    each_spec(spec_path, out_path, log_path, measure)
+
+
+def _load(llm_class: Any, folder: str, dtype: str, quantization: str, kv_cache_dtype: str) -> Any:
+    """A vLLM engine for one variant (eager on the CPU lane, like the rest of the lab)."""
     from vllm_workshop.settings import detect_device
 
     extra: dict[str, Any] = {} if quantization == "none" else {"quantization": quantization}
-    eager = detect_device() == "cpu"
     start = time.perf_counter()
-    llm = LLM(
+    llm = llm_class(
         model=folder,
         dtype=dtype,
         max_model_len=2048,
-        enforce_eager=eager,
+        enforce_eager=detect_device() == "cpu",
         seed=0,
         kv_cache_dtype=kv_cache_dtype,
         **extra,
     )
-    load_s = time.perf_counter() - start
+    llm.workshop_load_s = time.perf_counter() - start
+    return llm
+
+
+def _eval(
+    folder: str, dtype: str, out: str, quantization: str = "none", kv_cache_dtype: str = "auto"
+) -> None:
+    """(subprocess) Load one variant with vLLM and write :func:`_measure`'s result to ``out``."""
+    from vllm import LLM
+
+    Path(out).write_text(json.dumps(_measure(_load(LLM, folder, dtype, quantization, kv_cache_dtype))))
+
+
+def _measure(llm: Any) -> dict[str, Any]:
+    """Perplexity, greedy answers, throughput at batch 1 and 64, KV capacity of a loaded engine."""
+    from vllm import SamplingParams
+
     text = (project_root() / EVAL_TEXT).read_text()
     scored = llm.generate([text], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
     logprobs = [
@@ -265,8 +377,8 @@ def _eval(
     timed = llm.chat(load, SamplingParams(temperature=0, max_tokens=32, ignore_eos=True), use_tqdm=False)
     elapsed = time.perf_counter() - t0
     cache = llm.llm_engine.vllm_config.cache_config
-    result: dict[str, Any] = {
-        "load_s": load_s,
+    return {
+        "load_s": llm.workshop_load_s,
         "perplexity": perplexity,
         "answers": [a.outputs[0].text for a in answers],
         "answer_ids": [list(a.outputs[0].token_ids) for a in answers],
@@ -274,16 +386,16 @@ def _eval(
         "tokens_per_s_batch1": len(alone[0].outputs[0].token_ids) / alone_s,
         "kv_tokens": cache.num_gpu_blocks * cache.block_size,
     }
-    Path(out).write_text(json.dumps(result))
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``build SRC SCHEME OUT`` (in .venv-quant) or ``eval MODEL DTYPE OUT [QUANTIZATION]`` (in .venv)."""
+    """``build SRC SCHEME=OUT...`` (in .venv-quant), ``eval MODEL DTYPE OUT [QUANTIZATION [KV_DTYPE]]`` or
+    ``eval-all SPEC.json OUT.jsonl LOG`` (in .venv)."""
     parser = argparse.ArgumentParser(prog="python -m vllm_workshop.quantize")
-    parser.add_argument("action", choices=["build", "eval"])
+    parser.add_argument("action", choices=["build", "eval", "eval-all"])
     parser.add_argument("args", nargs="+")
     ns = parser.parse_args(argv)
-    (_build if ns.action == "build" else _eval)(*ns.args)
+    {"build": _build, "eval": _eval, "eval-all": _eval_all}[ns.action](*ns.args)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,10 +188,13 @@ class CallRate:
         return self.well_formed / self.asked
 
 
-def call_rate(client: Any, model: str, questions: Sequence[str], tool_choice: str) -> CallRate:
-    """Ask each question once (greedy); count replies whose every tool call is well-formed."""
-    good, problems = 0, []
-    for question in questions:
+def call_rate(
+    client: Any, model: str, questions: Sequence[str], tool_choice: str, concurrency: int = 8
+) -> CallRate:
+    """Ask each question once (greedy, ``concurrency`` at a time, batched by the engine); count the replies
+    whose every tool call is well-formed."""
+
+    def ask(question: str) -> list[str]:
         reply = client.chat.completions.create(
             model=model,
             messages=[{"role": "user", "content": question}],
@@ -200,7 +204,9 @@ def call_rate(client: Any, model: str, questions: Sequence[str], tool_choice: st
             temperature=0,
         )
         calls = reply.choices[0].message.tool_calls or []
-        found = [p for p in map(call_problem, calls) if p] or ([] if calls else ["no tool call"])
-        good += not found
-        problems += found
-    return CallRate(tool_choice, len(questions), good, problems)
+        return [p for p in map(call_problem, calls) if p] or ([] if calls else ["no tool call"])
+
+    with ThreadPoolExecutor(max(1, concurrency)) as pool:
+        found = list(pool.map(ask, questions))
+    problems = [p for f in found for p in f]
+    return CallRate(tool_choice, len(questions), sum(not f for f in found), problems)
