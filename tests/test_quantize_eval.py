@@ -80,22 +80,43 @@ def test_the_child_keeps_going_after_a_refused_spec_and_says_why(tmp_path: Path,
     assert entries[0]["result"] == {"ran": "a"} and entries[2]["result"] == {"ran": "c"}
     assert "must divide 9 heads" in entries[1]["error"] and "initialization failed" in entries[1]["error"]
     assert "not b's" not in entries[1]["error"]  # only what this spec logged
-    assert capsys.readouterr().out == "[lab] measuring a ...\n"
+    lines = capsys.readouterr().out.splitlines()  # each spec's start, then its progress line if it has one
+    assert lines == ["[lab-spec] a", "[lab] measuring a ...", "[lab-spec] b", "[lab-spec] c"]
 
 
-def test_a_hung_child_is_killed_in_time_and_reported_as_unfinished(tmp_path: Path, capsys) -> None:
+def test_a_spec_past_its_time_is_killed_and_the_rest_are_left_unstarted(tmp_path: Path, capsys) -> None:
     import time
 
-    from vllm_workshop.isolated import run_isolated_each
+    from vllm_workshop.isolated import SPEC_START, run_isolated_each
 
     hang = tmp_path / "hang.py"
-    hang.write_text("import time\nprint('[lab] measuring a ...', flush=True)\ntime.sleep(600)\n")
-    log = tmp_path / "hang.log"
-    started = time.monotonic()
-    entries = run_isolated_each(
-        lambda spec, out: [sys.executable, str(hang)], {}, [{"name": "a"}, {"name": "b"}], 1.5, log
+    hang.write_text(
+        f"import time\nprint({SPEC_START + 'a'!r}, flush=True)\nprint('[lab] measuring a ...', flush=True)\n"
+        "time.sleep(600)\n"
     )
-    assert entries == [None, None]
-    assert time.monotonic() - started < 15  # 1.5 s per spec, then killed
+    log, specs = tmp_path / "hang.log", [{"name": "a"}, {"name": "b"}]
+    started = time.monotonic()
+    entries = run_isolated_each(lambda spec, out: [sys.executable, str(hang)], {}, specs, 2, log)
+    assert entries == [{"error": "timed out after 2 s"}, None]  # b never started: the caller runs it alone
+    assert time.monotonic() - started < 12  # one spec's time, not both
     shown = capsys.readouterr().out
-    assert "measuring a ..." in shown and "stopped after 3 s" in shown
+    assert "measuring a ..." in shown and "a: no result after 2 s, stopped" in shown
+
+
+def test_a_child_stuck_before_its_first_spec_is_killed_too(tmp_path: Path) -> None:
+    from vllm_workshop.isolated import run_isolated_each
+
+    stuck = tmp_path / "stuck.py"
+    stuck.write_text("import time\ntime.sleep(600)\n")
+    entries = run_isolated_each(
+        lambda spec, out: [sys.executable, str(stuck)], {}, [{"name": "a"}], 1, tmp_path / "l"
+    )
+    assert entries == [None]
+
+
+def test_spec_names_must_be_unique_and_none_is_nothing(tmp_path: Path) -> None:
+    from vllm_workshop.isolated import run_isolated_each
+
+    with pytest.raises(ValueError, match="unique"):
+        run_isolated_each(lambda s, o: ["true"], {}, [{"name": "a"}, {"name": "a"}], 1, tmp_path / "l")
+    assert run_isolated_each(lambda s, o: ["false"], {}, [], 1, tmp_path / "l") == []

@@ -110,17 +110,28 @@ def refused(
     )
     outcomes = []
     for i in range(attempts):
+        before = _spent(stack, alias)
         try:
-            before = stack.spend().get(alias, 0.0) if alias else 0.0
             ask(client, f"Give me one word that rhymes with cat. (attempt {i} {time.time()})", 8, model)
-            outcomes.append("ok")
-            deadline = time.monotonic() + 5
-            while alias and stack.spend().get(alias, 0.0) == before and time.monotonic() < deadline:
-                time.sleep(0.05)
         except APIStatusError as exc:
             message = exc.body.get("message", str(exc)) if isinstance(exc.body, dict) else str(exc)
             outcomes.append(f"{exc.status_code}: {message}")
+            continue
+        outcomes.append("ok")
+        deadline = time.monotonic() + 5
+        while before is not None and _spent(stack, alias) == before and time.monotonic() < deadline:
+            time.sleep(0.05)
     return outcomes
+
+
+def _spent(stack: GatewayStack, alias: str | None) -> float | None:
+    """The alias's recorded spend, or None without an alias or while the key store is unreachable."""
+    if alias is None:
+        return None
+    try:
+        return stack.spend().get(alias, 0.0)
+    except LabError:  # the store is down: the requests will say so; nothing to wait for
+        return None
 
 
 @dataclass(frozen=True)

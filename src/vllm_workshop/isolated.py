@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 PROGRESS = "[lab] "  # a child's progress lines start with this; the rest of its output goes to its log
+SPEC_START = "[lab-spec] "  # the child starts the spec named after this (its clock starts)
 
 
 def run_isolated(
@@ -60,9 +61,19 @@ def run_isolated_each(
 ) -> list[dict[str, Any] | None]:
     """Run ``command_for(spec_path, out_path)`` once for all ``specs`` (dicts with a unique ``name``; the
     child runs :func:`each_spec`). Its progress lines are printed, the rest of its output goes to ``log``.
-    Returns one entry per spec, ``{"result": ...}`` or ``{"error": reason}``, or None for a spec the child
-    never finished (it died, or ran past ``timeout_s`` per spec)."""
+
+    Returns one entry per spec: ``{"result": ...}``, ``{"error": reason}`` (a spec past ``timeout_s`` gets
+    ``timed out``: its process group is killed), or None for a spec the child never started. Whatever way
+    the call ends (an interrupt included), no process of the child's group is left running.
+    """
+    names = [spec["name"] for spec in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"spec names must be unique: {names}")
+    if not specs:
+        return []
     log.parent.mkdir(parents=True, exist_ok=True)
+    current: dict[str, Any] = {"name": None, "at": time.monotonic()}  # the spec running, and since when
+    timed_out = False
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, out_path = Path(tmp) / "specs.json", Path(tmp) / "results.jsonl"
         spec_path.write_text(json.dumps(list(specs)))
@@ -73,32 +84,45 @@ def run_isolated_each(
                 stdout=subprocess.PIPE,
                 stderr=sink,
                 text=True,
+                errors="replace",
                 start_new_session=True,
             )
-            reader = threading.Thread(target=_relay, args=(process.stdout, sink), daemon=True)
+            reader = threading.Thread(target=_relay, args=(process.stdout, sink, current), daemon=True)
             reader.start()
             try:
-                process.wait(timeout=timeout_s * len(specs))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                while process.poll() is None:
+                    if time.monotonic() - current["at"] > timeout_s:
+                        timed_out = True
+                        break
+                    time.sleep(0.2)
+            finally:  # the child's engines too, and on an interrupt the child itself
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-                print(f"... stopped after {timeout_s * len(specs):.0f} s (log: {log})", flush=True)
-            reader.join(timeout=10)
+                reader.join(timeout=10)
         done: dict[str, dict[str, Any]] = {}
         if out_path.exists():
             for line in out_path.read_text().splitlines():
                 entry = json.loads(line)
                 done[entry.pop("name")] = entry
-    return [done.get(spec["name"]) for spec in specs]
+    if timed_out:
+        what = current["name"] or "starting up"
+        print(f"... {what}: no result after {timeout_s:.0f} s, stopped (log: {log})", flush=True)
+        if current["name"] is not None and current["name"] not in done:
+            done[current["name"]] = {"error": f"timed out after {timeout_s:.0f} s"}
+    return [done.get(name) for name in names]
 
 
-def _relay(stream: IO[str], sink: IO[str]) -> None:
-    """Print the child's progress lines; write the rest (vLLM logs to stdout) to its log."""
-    with contextlib.suppress(ValueError):  # the log closed under a straggler's last line
-        for line in stream:
-            if line.startswith(PROGRESS):
-                print(line[len(PROGRESS) :], end="", flush=True)
-            else:
+def _relay(stream: IO[str], sink: IO[str], current: dict[str, Any]) -> None:
+    """Note each spec's start, print the child's progress lines, write the rest (vLLM logs to stdout) to its
+    log; it reads to the end whatever happens, so the child never blocks on a full pipe."""
+    for line in stream:
+        if line.startswith(SPEC_START):
+            current.update(name=line[len(SPEC_START) :].rstrip("\n"), at=time.monotonic())
+        elif line.startswith(PROGRESS):
+            print(line[len(PROGRESS) :], end="", flush=True)
+        elif not sink.closed:
+            with contextlib.suppress(ValueError):  # closed under a straggler's last line
                 sink.write(line)
                 sink.flush()
 
@@ -110,6 +134,7 @@ def each_spec(
     to ``out_path``; a spec that raised gets the telling lines of what it logged, and the next one runs."""
     log = Path(log_path)
     for spec in json.loads(Path(spec_path).read_text()):
+        print(f"{SPEC_START}{spec['name']}", flush=True)
         if spec.get("progress"):
             print(f"{PROGRESS}{spec['progress']}", flush=True)
         start = log.stat().st_size if log.exists() else 0
@@ -118,7 +143,7 @@ def each_spec(
             entry["result"] = measure(spec)
         except Exception as exc:  # refused or failed: keep why, go on with the next
             time.sleep(1)  # the engine's last lines reach the log through the parent's relay
-            with log.open() as f:
+            with log.open(errors="replace") as f:
                 f.seek(start)
                 entry["error"] = root_cause(f.read() + f"\n{type(exc).__name__}: {exc}")
         with open(out_path, "a") as out:

@@ -113,7 +113,7 @@ def run_parallel_each(
     timeout_s: float = 600,
 ) -> dict[tuple[int, int], ParallelRun]:
     """Each ``(tensor_parallel, pipeline_parallel)`` in turn in ONE subprocess (vLLM is imported once), each
-    with its own engine and thread binding; one the process did not finish runs alone (:func:`run_parallel`).
+    with its own engine and thread binding; one the process never started runs alone (:func:`run_parallel`).
     """
     configs = list(dict.fromkeys(configs))
     env = settings.process_env(binding={})
@@ -136,7 +136,7 @@ def run_parallel_each(
     runs = {}
     for (tp, pp), entry in zip(configs, entries, strict=True):
         if entry is None:
-            print(f"TP={tp} PP={pp}: not finished by the shared process; running it alone", flush=True)
+            print(f"TP={tp} PP={pp}: never started by the shared process; running it alone", flush=True)
             runs[tp, pp] = run_parallel(settings, tp, pp, max_tokens, timeout_s)
         elif "error" in entry:
             runs[tp, pp] = ParallelRun(tp, pp, False, error=entry["error"])

@@ -267,8 +267,9 @@ def evaluate_all(
     settings: LabSettings, variants: Sequence[Variant], timeout_s: float = 900
 ) -> list[VariantResult]:
     """Measure the variants one after another in ONE fresh vLLM process, each with its own engine: vLLM is
-    imported once, not once per variant. A variant the engine refuses comes back with its reason; if the
-    process dies or hangs, each variant it did not finish is measured again in a process of its own."""
+    imported once, not once per variant. A variant the engine refuses, or that runs past ``timeout_s``, comes
+    back with its reason; if the process dies, each variant it never started is measured in a process of its
+    own."""
     env = settings.process_env()
     env["VLLM_LOGGING_LEVEL"] = "WARNING"
     specs = [
@@ -294,8 +295,8 @@ def evaluate_all(
     results = []
     for variant, spec, entry in zip(variants, specs, entries, strict=True):
         size = disk_mib(Path(variant.model))
-        if entry is None:  # the shared process died or hung before this one: measure it alone
-            print(f"{variant.name}: not measured by the shared process; measuring it alone ...", flush=True)
+        if entry is None:  # the shared process died before this one: measure it alone
+            print(f"{variant.name}: never started by the shared process; measuring it alone ...", flush=True)
             v = variant
             results.append(
                 evaluate(
