@@ -7,11 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
 from vllm_workshop.errors import LabError
-from vllm_workshop.offline import close_llm, format_table, output_to, start_llm
+from vllm_workshop.offline import format_table, output_to, start_llm
 from vllm_workshop.server import tail
 
 
@@ -33,29 +32,6 @@ def test_processes_started_inside_output_to_write_to_the_file(tmp_path: Path, ca
     assert "after" in out and "to stdout" not in out and "to stderr" not in err
     assert log.read_text().splitlines() == ["to stdout", "to stderr"]
     assert tail(log, lines=1) == "to stderr"
-
-
-@pytest.mark.slow
-def test_the_engine_logs_to_a_file_and_close_leaves_no_process(settings, capsys) -> None:
-    from vllm import SamplingParams
-
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
-    llm = start_llm(settings, max_num_seqs=4)
-    printed = capsys.readouterr().out
-    assert f"{llm.workshop_log.name}" in printed  # a line says where vLLM's own output went
-    assert "engine ready after" in printed  # and another when the engine is up
-    engine = [p for p in llm.workshop_processes if p.is_running()]
-    assert {p.name() for p in engine} >= {"VLLM::EngineCore"}, engine
-    out = llm.generate(["The sky is"], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)
-    assert out[0].outputs[0].token_ids
-    close_llm(llm)
-    left = [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if p.pid not in before and "resource_tracker" not in " ".join(p.cmdline())
-    ]  # multiprocessing's
-    assert not left, [(p.pid, p.status(), p.name()) for p in left]  # neither running nor defunct
-    assert not any(psutil.pid_exists(p.pid) for p in engine)
 
 
 @pytest.mark.slow

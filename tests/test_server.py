@@ -120,29 +120,6 @@ def test_vllm_cli_shim_runs_on_this_build() -> None:
     assert done.stdout.strip().startswith("0.")
 
 
-@pytest.mark.slow
-def test_real_vllm_serve_answers_and_stops(settings, busy_port: int) -> None:
-    from openai import OpenAI
-
-    with pytest.raises(PortInUseError):
-        VllmServer(settings, port=busy_port).start()
-    server = VllmServer(settings)
-    with server:
-        client = OpenAI(base_url=server.openai_base_url, api_key="x")
-        assert [m.id for m in client.models.list().data] == [server.served_model_name]
-        reply = client.chat.completions.create(
-            model=server.served_model_name,
-            temperature=0,
-            max_tokens=24,
-            messages=[{"role": "user", "content": "What is the capital of France?"}],
-        )
-        assert "Paris" in reply.choices[0].message.content
-    assert not server.running
-    assert not port_in_use(server.port)
-    log = server.log_path.read_text()
-    assert "Application startup complete" in log or "Started server process" in log
-
-
 def test_servers_left_running_are_stopped_when_the_interpreter_exits(tmp_path: Path) -> None:
     """A kernel that exits (shutdown or restart) without stopping its servers leaves no process behind."""
     port = free_port()
