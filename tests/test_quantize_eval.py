@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_workshop import isolated, quantize
+from vllm_workshop import isolated, paths, quantize
 from vllm_workshop.isolated import each_spec
 from vllm_workshop.quantize import Variant, VariantResult, evaluate_all
 from vllm_workshop.settings import lab_settings
@@ -38,7 +38,7 @@ def test_a_dead_shared_process_leaves_the_rest_to_single_runs(
         "Popen",
         lambda command, **kw: real_popen([sys.executable, str(fake), *command[-3:]], **kw),
     )
-    monkeypatch.setattr(quantize, "state_dir", lambda: tmp_path)
+    monkeypatch.setattr(paths, "state_dir", lambda: tmp_path)  # where run_log puts the log
     alone: list[str] = []
 
     def single(settings, name, model, quantization, timeout_s, kv_cache_dtype, dtype):

@@ -17,7 +17,7 @@ import psutil
 
 from vllm_workshop.errors import LabError
 from vllm_workshop.model import resolve_model
-from vllm_workshop.paths import state_dir
+from vllm_workshop.paths import run_log
 from vllm_workshop.server import shown, tail
 from vllm_workshop.settings import LabSettings
 
@@ -61,7 +61,7 @@ def start_llm(settings: LabSettings, binding: dict[str, str] | None = None, **ov
     kwargs = settings.engine_kwargs(**overrides)
     kwargs["model"] = resolve_model(str(kwargs["model"]))
     kwargs.setdefault("disable_log_stats", False)  # needed for RequestOutput.metrics
-    log = state_dir() / "logs" / f"engine-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    log = run_log("engine")
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     print(f"starting the vLLM engine (vLLM's engine log: {shown(log)}) ...", flush=True)
     started = time.perf_counter()

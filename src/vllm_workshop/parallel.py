@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vllm_workshop.isolated import PROGRESS, each_spec, run_isolated, run_isolated_each
-from vllm_workshop.paths import state_dir
+from vllm_workshop.paths import run_log
 from vllm_workshop.settings import LabSettings
 
 PROMPTS = (
@@ -127,7 +127,7 @@ def run_parallel_each(
         }
         for tp, pp in configs
     ]
-    log = state_dir() / "logs" / f"parallel-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    log = run_log("parallel")
     print(f"{len(specs)} configurations, one after another in one process (its log: {log})", flush=True)
     command = [sys.executable, "-m", "vllm_workshop.parallel", "--each"]
     entries = run_isolated_each(

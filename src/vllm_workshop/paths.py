@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -38,3 +39,9 @@ def state_dir(env: Mapping[str, str] | None = None) -> Path:
     path = project_root(env) / ".lab"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def run_log(kind: str) -> Path:
+    """A new log file for one run of ``kind`` (``engine``, ``parallel``, ...): ``.lab/logs/KIND-TIME-PID.log``
+    under the project folder."""
+    return state_dir() / "logs" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"

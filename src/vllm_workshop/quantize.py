@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from typing import Any
 
 from vllm_workshop.errors import LabError
 from vllm_workshop.isolated import each_spec, run_isolated, run_isolated_each
-from vllm_workshop.paths import models_dir, project_root, state_dir
+from vllm_workshop.paths import models_dir, project_root, run_log
 from vllm_workshop.settings import LabSettings
 
 QUANT_VENV = ".venv-quant"
@@ -161,14 +160,12 @@ def quantize_all(
 
 def _build(source: str, *jobs: str) -> None:
     """(``.venv-quant``) Data-free quantization with llm-compressor, saved compressed: one ``SCHEME=OUT`` per
-    variant (the legacy form ``SCHEME OUT`` is one variant)."""
+    variant."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
     from llmcompressor import oneshot
     from llmcompressor.modifiers.quantization import QuantizationModifier
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if len(jobs) == 2 and "=" not in jobs[0]:
-        jobs = (f"{jobs[0]}={jobs[1]}",)
     tokenizer = AutoTokenizer.from_pretrained(source)
     for job in jobs:
         scheme, out = job.split("=", 1)
@@ -283,7 +280,7 @@ def evaluate_all(
         }
         for v in variants
     ]
-    log = state_dir() / "logs" / f"quant-eval-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    log = run_log("quant-eval")
     print(f"measuring {len(specs)} variants in one vLLM process (its log: {log}) ...", flush=True)
     entries = run_isolated_each(
         lambda spec, out: [sys.executable, "-m", MODULE, "eval-all", str(spec), str(out), str(log)],
