@@ -91,3 +91,43 @@ def test_the_four_venvs_install_in_parallel_with_their_bytecode(tmp_path: Path) 
         assert make(f"print-{var}", *args).stdout.strip() in plan, var
     assert "--no-compile" not in make("-n", make("print-GATEWAY_STAMP", *args).stdout.strip(), *args).stdout
     assert not any((tmp_path / name).exists() for name in venvs.values())  # -n only plans
+
+
+def _uv_args_module():
+    """scripts/uv_args.py, loaded from its path (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("uv_args", ROOT / "scripts" / "uv_args.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_uv_gets_pip_s_indexes_and_the_later_scope_wins() -> None:
+    uv_args = _uv_args_module()
+    listing = "\n".join(
+        [
+            "global.find-links='/opt/wheels'",
+            "global.extra-index-url='file:///a/simple file:///b/simple'",
+            "global.constraint='/etc/pip/caps.txt'",
+            "download.index-url='https://ignored.example/simple'",  # another pip command's option
+            ":env:.find-links='/srv/wheels'",  # PIP_FIND_LINKS overrides pip.conf
+            ":env:.no-cache-dir='1'",
+        ]
+    )
+    args = uv_args.uv_args(uv_args.pip_config(listing))
+    pairs = list(zip(args, args[1:], strict=False))
+    assert ("--find-links", "/srv/wheels") in pairs and ("--find-links", "/opt/wheels") not in pairs
+    assert {("--extra-index-url", "file:///a/simple"), ("--extra-index-url", "file:///b/simple")} <= set(
+        pairs
+    )
+    assert ("--constraint", "/etc/pip/caps.txt") in pairs
+    assert "--index-url" not in args  # only install/global/env options count
+    assert "--no-cache" in args
+    assert ("--index-strategy", "unsafe-best-match") in pairs  # pip's rule: the best version over every index
+
+
+def test_uv_without_pip_config_uses_its_defaults() -> None:
+    uv_args = _uv_args_module()
+    args = uv_args.uv_args(uv_args.pip_config(""))
+    assert not {"--find-links", "--extra-index-url", "--constraint", "--no-cache"} & set(args)
