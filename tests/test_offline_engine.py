@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from vllm_workshop.errors import LabError
-from vllm_workshop.offline import format_table, output_to, start_llm
+from vllm_workshop.offline import engine_in_process, format_table, output_to, start_llm
 from vllm_workshop.server import tail
 
 
@@ -35,9 +37,44 @@ def test_processes_started_inside_output_to_write_to_the_file(tmp_path: Path, ca
 
 
 @pytest.mark.slow
-def test_an_engine_that_cannot_start_says_why_from_its_log(settings) -> None:
+@pytest.mark.parametrize("in_process", [False, True], ids=["own-processes", "in-process"])
+def test_an_engine_that_cannot_start_says_why_from_its_log(settings, in_process: bool) -> None:
     with pytest.raises(LabError, match="did not start") as caught:
-        start_llm(settings, num_gpu_blocks_override=1)  # too small a KV cache for one max_model_len request
+        # too small a KV cache for one max_model_len request
+        start_llm(settings, in_process=in_process, num_gpu_blocks_override=1)
     message = str(caught.value)
     assert "the end of vLLM's log" in message
-    assert "cache blocks" in message.split("the end of vLLM's log")[1], message  # the engine core's reason
+    assert "cache blocks" in message, message  # the engine's reason
+    if not in_process:  # the engine core's reason, from its log
+        assert "cache blocks" in message.split("the end of vLLM's log")[1], message
+
+
+def test_engines_run_in_process_only_with_the_lane_s_own_binding_and_one_rank(settings, monkeypatch) -> None:
+    monkeypatch.delenv("LAB_ENGINE_IN_PROCESS", raising=False)
+    cpu, gpu = replace(settings, device="cpu"), replace(settings, device="cuda")
+    assert engine_in_process(cpu, None, {})
+    assert not engine_in_process(gpu, None, {})
+    assert not engine_in_process(cpu, {"VLLM_CPU_OMP_THREADS_BIND": "auto"}, {})  # would pin this process
+    assert not engine_in_process(cpu, None, {"tensor_parallel_size": 2})
+    assert not engine_in_process(cpu, None, {"pipeline_parallel_size": 2})
+    monkeypatch.setenv("LAB_ENGINE_IN_PROCESS", "0")
+    assert not engine_in_process(cpu, None, {})
+
+
+def test_vllm_s_log_handlers_follow_the_latest_engine_log(tmp_path: Path) -> None:
+    logger = logging.getLogger("vllm")
+    handler = logging.StreamHandler()  # what vLLM's own logging config adds (to sys.stdout)
+    logger.addHandler(handler)
+    try:
+        first, second = tmp_path / "first.log", tmp_path / "second.log"
+        with output_to(first):
+            logger.warning("while the first engine starts")
+        logger.warning("while the first engine serves")  # an in-process engine logs after its start too
+        with output_to(second):
+            pass
+        logger.warning("while the second engine serves")
+    finally:
+        logger.removeHandler(handler)
+    assert "while the first engine starts" in first.read_text()
+    assert "while the first engine serves" in first.read_text()
+    assert "second engine" in second.read_text() and "second engine" not in first.read_text()

@@ -19,28 +19,33 @@ from vllm_workshop.errors import LabError
 from vllm_workshop.model import resolve_model
 from vllm_workshop.paths import run_log
 from vllm_workshop.server import shown, tail
-from vllm_workshop.settings import LabSettings
+from vllm_workshop.settings import USER_BINDING, LabSettings
 
 
 @contextlib.contextmanager
 def output_to(path: Path) -> Iterator[None]:
-    """Point file descriptors 1 and 2 at ``path`` for the duration: processes started meanwhile (vLLM's engine
-    core and workers) keep writing there, and this process gets its own output back afterwards."""
+    """Send output to ``path`` for the duration: file descriptors 1 and 2 (processes started meanwhile, such
+    as vLLM's engine core and workers, keep writing there), Python's ``sys.stdout``/``sys.stderr`` (a
+    notebook kernel's are not descriptors 1 and 2) and, from now on, the handlers of vLLM's logger (an engine
+    running in this process logs while it serves, not only while it starts)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
     saved = [os.dup(1), os.dup(2)]
     try:
-        with path.open("ab") as log:
+        with path.open("ab") as log, path.open("a", buffering=1, errors="replace") as text:
+            _vllm_logs_to(path)
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
             try:
-                yield
+                with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+                    yield
             finally:
                 for stream in (sys.stdout, sys.stderr):
                     with contextlib.suppress(Exception):
                         stream.flush()
+                _vllm_logs_to(path)  # a handler made meanwhile holds ``text``, which closes here
                 os.dup2(saved[0], 1)
                 os.dup2(saved[1], 2)
     finally:
@@ -48,23 +53,67 @@ def output_to(path: Path) -> Iterator[None]:
             os.close(fd)
 
 
-def start_llm(settings: LabSettings, binding: dict[str, str] | None = None, **overrides: Any) -> Any:
+def _vllm_logs_to(path: Path) -> None:
+    """Point the stream handlers of the ``vllm`` logger at ``path``: each engine's log gets what follows."""
+    import logging
+
+    for handler in logging.getLogger("vllm").handlers:
+        if type(handler) is logging.StreamHandler:  # vLLM's own (not files, not a test runner's capture)
+            old, handler.stream = handler.stream, path.open("a", buffering=1, errors="replace")
+            handler.stream.workshop_log = True
+            if getattr(old, "workshop_log", False):
+                old.close()  # the previous engine's log, opened here
+
+
+def engine_in_process(
+    settings: LabSettings, binding: dict[str, str] | None, overrides: dict[str, Any]
+) -> bool:
+    """Whether :func:`start_llm` runs the engine inside this process by default.
+
+    In-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), vLLM spawns no engine-core and worker processes,
+    each of which imports vLLM again: on the 2-core CPU lane an engine starts in about 8 s instead of 30, at
+    the same throughput. vLLM then binds the OpenMP threads of THIS process, so it is only the default where
+    that binding is the lane's own (all usable cores) and the engine has one rank; vLLM's ``auto`` binding
+    (which keeps a core for the scheduler), tensor/pipeline parallelism and the GPU lane keep their own
+    processes. ``LAB_ENGINE_IN_PROCESS=0`` turns it off.
+    """
+    if settings.device != "cpu" or binding is not None or USER_BINDING is not None:
+        return False  # a binding other than the lane's would pin this process's threads to it
+    if os.environ.get("LAB_ENGINE_IN_PROCESS", "1") == "0":
+        return False
+    ranks = int(overrides.get("tensor_parallel_size", 1)) * int(overrides.get("pipeline_parallel_size", 1))
+    return ranks == 1
+
+
+def start_llm(
+    settings: LabSettings,
+    binding: dict[str, str] | None = None,
+    in_process: bool | None = None,
+    **overrides: Any,
+) -> Any:
     """A ``vllm.LLM`` built from the lane settings, with per-request stats switched on.
 
     ``binding``: the CPU core binding for this engine (default: the lane's, see ``settings.cpu_binding``).
-    vLLM's own output (its engine and worker processes) goes to a file under ``.lab/logs/``, named in one
-    line; if the engine fails to start, the error carries the end of that file.
+    ``in_process``: run the engine inside this process (default: :func:`engine_in_process`) or in its own
+    engine-core and worker processes, as ``vllm serve`` does.
+    vLLM's own output (its log, warnings, and its processes' output) goes to a file under ``.lab/logs/``,
+    named in one line; if the engine fails to start, the error carries the end of that file.
     """
-    from vllm import LLM
+    from vllm import LLM, envs
 
+    in_process = engine_in_process(settings, binding, overrides) if in_process is None else in_process
     settings.apply_env(binding)
+    envs.disable_envs_cache()  # an earlier in-process engine froze vLLM's view of the environment: thaw it
     kwargs = settings.engine_kwargs(**overrides)
     kwargs["model"] = resolve_model(str(kwargs["model"]))
     kwargs.setdefault("disable_log_stats", False)  # needed for RequestOutput.metrics
     log = run_log("engine")
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    print(f"starting the vLLM engine (vLLM's engine log: {shown(log)}) ...", flush=True)
+    where = "in this process" if in_process else "in its own processes"
+    print(f"starting the vLLM engine {where} (vLLM's engine log: {shown(log)}) ...", flush=True)
     started = time.perf_counter()
+    mode = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
     try:
         with output_to(log):
             llm = LLM(**kwargs)
@@ -73,8 +122,15 @@ def start_llm(settings: LabSettings, binding: dict[str, str] | None = None, **ov
             f"The vLLM engine did not start: {type(exc).__name__}: {exc}\n"
             f"--- the end of vLLM's log, {log} ---\n{tail(log)}"
         ) from exc
+    finally:
+        if mode is None:
+            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = mode
+        gc.unfreeze()  # vLLM's engine core freezes the heap it started with: this process keeps collecting it
     print(f"engine ready after {time.perf_counter() - started:.0f} s", flush=True)
     llm.workshop_log = log
+    llm.workshop_in_process = in_process
     llm.workshop_processes = [
         p
         for p in psutil.Process().children(recursive=True)
@@ -93,7 +149,8 @@ def _is_resource_tracker(process: psutil.Process) -> bool:
 
 def close_llm(llm: Any, timeout_s: float = 30) -> None:
     """Shut the engine down and wait for its processes to exit (killing any left after ``timeout_s``), so
-    its memory is freed before the next experiment and no process, running or defunct, is left behind."""
+    its memory is freed before the next experiment and no process, running or defunct, is left behind.
+    An in-process engine is shut down and dropped from ``llm`` (its model and KV cache freed here)."""
     engine = getattr(llm, "llm_engine", None)
     core = getattr(engine, "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):
@@ -106,6 +163,9 @@ def close_llm(llm: Any, timeout_s: float = 30) -> None:
             process.kill()
     psutil.wait_procs(alive, timeout=5)
     multiprocessing.active_children()  # reaps the engine core in multiprocessing's own bookkeeping
+    if getattr(llm, "workshop_in_process", False):
+        with contextlib.suppress(AttributeError):
+            del llm.llm_engine  # the model, the KV cache and the scheduler live in this process
     gc.collect()
 
 

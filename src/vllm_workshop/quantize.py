@@ -12,6 +12,7 @@ itself) and agreement of greedy answers with the unquantized model on a fixed qu
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import subprocess
@@ -269,6 +270,8 @@ def evaluate_all(
     own."""
     env = settings.process_env()
     env["VLLM_LOGGING_LEVEL"] = "WARNING"
+    if settings.device == "cpu":  # each engine inside that process: no engine-core/worker spawns (~20 s each)
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     specs = [
         {
             "name": v.name,
@@ -327,9 +330,12 @@ def _eval_all(spec_path: str, out_path: str, log_path: str) -> None:
 
 def _load(llm_class: Any, folder: str, dtype: str, quantization: str, kv_cache_dtype: str) -> Any:
     """A vLLM engine for one variant (eager on the CPU lane, like the rest of the lab)."""
+    from vllm import envs
+
     from vllm_workshop.settings import detect_device
 
     extra: dict[str, Any] = {} if quantization == "none" else {"quantization": quantization}
+    envs.disable_envs_cache()  # an earlier in-process engine froze vLLM's view of the environment
     start = time.perf_counter()
     llm = llm_class(
         model=folder,
@@ -341,6 +347,8 @@ def _load(llm_class: Any, folder: str, dtype: str, quantization: str, kv_cache_d
         **extra,
     )
     llm.workshop_load_s = time.perf_counter() - start
+    llm.workshop_in_process = not envs.VLLM_ENABLE_V1_MULTIPROCESSING  # close_llm then frees it here
+    gc.unfreeze()  # the in-process engine core froze the heap: the next variant must be able to free this one
     return llm
 
 
