@@ -64,7 +64,7 @@ UV         := $(BIN)/uv
 UV_ARGS     = $(shell $(PYTHON) scripts/uv_args.py)
 pip_in = echo $$$$ > $(1)/.pip-running && $(UV) pip install --python $(1)/bin/python --compile-bytecode \
 	$(UV_ARGS) $(2) && rm -f $(1)/.pip-running
-# A venv is half-made when its python cannot import pip (a failed `venv`) or a pip run left its marker behind
+# A venv is half-made when its python cannot import pip (a failed `venv`) or an install left its marker behind
 # with no live process. Such a venv is removed here, so the rules below rebuild it instead of half-using it.
 venv_state = $(if $(wildcard $(1)),$(shell \
 	if [ -e $(1)/.pip-running ] && kill -0 "$$(cat $(1)/.pip-running)" 2>/dev/null; then echo busy; \
@@ -72,7 +72,7 @@ venv_state = $(if $(wildcard $(1)),$(shell \
 	then echo ok; else echo broken; fi),absent)
 define reset_if_broken
 ifeq ($$(call venv_state,$(1)),broken)
-$$(info ==> $(1) is half-made (a failed venv or an interrupted pip install): removing it to rebuild it)
+$$(info ==> $(1) is half-made (a failed venv or an interrupted install): removing it to rebuild it)
 $$(shell rm -rf $(1))
 endif
 endef

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import requests
 
 from vllm_workshop import PortInUseError, ServerStartError
 from vllm_workshop.server import ManagedServer, VllmServer, free_port, port_in_use
+from vllm_workshop.settings import VLLM_DEFAULT_BINDING, cpu_binding
 
 HEALTHY = """
 import http.server, sys, time
@@ -106,6 +108,23 @@ def test_vllm_command_is_built_from_the_settings(settings) -> None:
     assert server.command[server.command.index("--port") + 1] == str(server.port)
     assert server.command[-2:] == ["--max-num-seqs", "4"]
     assert server.openai_base_url.endswith(f":{server.port}/v1")
+
+
+def test_a_one_rank_cpu_server_runs_its_model_in_the_engine_core_process(settings, monkeypatch) -> None:
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    cpu = replace(settings, device="cpu")
+    single = VllmServer(cpu, max_num_seqs=4)
+    assert single.env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    for ranked in (
+        VllmServer(cpu, tensor_parallel_size=2),
+        VllmServer(cpu, pipeline_parallel_size=2),
+        VllmServer(cpu, extra_args=["-tp", "2"]),
+        VllmServer(cpu, binding=cpu_binding(0, 2)),  # a replica on one core: the model keeps its own process
+        VllmServer(cpu, binding=VLLM_DEFAULT_BINDING),
+    ):
+        assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in ranked.env
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # the learner's choice wins
+    assert VllmServer(cpu).env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
 
 
 @pytest.mark.slow
