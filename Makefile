@@ -61,7 +61,7 @@ timed = start=$$(date +%s); $(2); rc=$$?; secs=$$(( $$(date +%s) - start )); \
 # process that imports it (measured: vLLM server starts and tests twice as slow).
 UV_VERSION ?= 0.13.9
 UV         := $(BIN)/uv
-UV_ARGS     = $(shell $(PYTHON) scripts/uv_args.py)
+UV_ARGS     = $(or $(shell $(BIN)/python scripts/uv_args.py),$(error scripts/uv_args.py could not read pip's configuration (see above)))
 pip_in = echo $$$$ > $(1)/.pip-running && $(UV) pip install --python $(1)/bin/python --compile-bytecode \
 	$(UV_ARGS) $(2) && rm -f $(1)/.pip-running
 # A venv is half-made when its python cannot import pip (a failed `venv`) or an install left its marker behind
@@ -162,8 +162,8 @@ gpu-smoke:  ## GPU lane: every notebook under nbval on the GPU, pass/fail and ti
 	$(MAKE) GPU=1 model
 	LAB_DEVICE=cuda .venv-gpu/bin/python scripts/gpu_smoke.py --cell-timeout $(CELL_TIMEOUT)
 
-# The four venvs install at once: their downloads and unpacking overlap instead of queueing (the side venvs do not
-# depend on .venv). Each keeps its own stamp, log lines and timing.
+# The four venvs install at once: their downloads and unpacking overlap instead of queueing (the side venvs wait
+# only for .venv and its uv). Each keeps its own stamp, log lines and timing.
 installs:  ## every venv of the suite, in parallel (.venv, LiteLLM, Open WebUI, llm-compressor)
 	@$(call timed,all venvs in parallel,$(MAKE) --no-print-directory -j4 --output-sync=target \
 		$(PROJECT_STAMP) $(GATEWAY_STAMP) $(WEBUI_STAMP) $(QUANT_STAMP))

@@ -20,24 +20,31 @@ FLAGS = {
     "extra-index-url": "--extra-index-url",
     "find-links": "--find-links",
     "constraint": "--constraint",
+    "trusted-host": "--allow-insecure-host",
 }
+# pip applies its config files' [global] section, then [install], then PIP_* variables (the later wins);
+# `pip config list` prints the keys sorted instead, so the order is restored here.
+SCOPES = ("global", "install", ":env:")
 TRUE = {"1", "true", "yes", "on"}
 
 
 def pip_config(listing: str) -> dict[str, str]:
-    """`pip config list` lines (`scope.key='value'`) -> {key: value}; a later scope overrides."""
-    found: dict[str, str] = {}
+    """`pip config list` lines (`scope.key='value'`) -> {key: value}, in pip's order of precedence."""
+    by_scope: dict[str, dict[str, str]] = {scope: {} for scope in SCOPES}
     for line in listing.splitlines():
         name, sep, value = line.partition("=")
         if not sep or "." not in name:
             continue
         scope, key = name.rsplit(".", 1)
-        if scope.split(".")[-1] not in ("global", "install", ":env:", ""):
+        if scope not in by_scope:
             continue  # options for other pip commands (download, wheel, ...)
         try:
-            found[key] = str(ast.literal_eval(value))
+            by_scope[scope][key] = str(ast.literal_eval(value))
         except (SyntaxError, ValueError):
-            found[key] = value.strip("'\"")
+            by_scope[scope][key] = value.strip("'\"")
+    found: dict[str, str] = {}
+    for scope in SCOPES:
+        found.update(by_scope[scope])
     return found
 
 
@@ -47,6 +54,8 @@ def uv_args(config: dict[str, str]) -> list[str]:
     for key, flag in FLAGS.items():
         for value in config.get(key, "").split():
             args += [flag, value]
+    if config.get("no-index", "").lower() in TRUE:
+        args.append("--no-index")
     if config.get("no-cache-dir", "").lower() in TRUE:
         args.append("--no-cache")  # PIP_NO_CACHE_DIR=1 (the empty-cache check): an empty cache for uv too
     return args
@@ -55,7 +64,11 @@ def uv_args(config: dict[str, str]) -> list[str]:
 def main() -> int:
     """Print the flags, shell-quoted, on one line."""
     listing = subprocess.run(
-        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "pip", "config", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     print(shlex.join(uv_args(pip_config(listing))))
     return 0

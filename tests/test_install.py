@@ -107,12 +107,14 @@ def test_uv_gets_pip_s_indexes_and_the_later_scope_wins() -> None:
     uv_args = _uv_args_module()
     listing = "\n".join(
         [
-            "global.find-links='/opt/wheels'",
-            "global.extra-index-url='file:///a/simple file:///b/simple'",
-            "global.constraint='/etc/pip/caps.txt'",
-            "download.index-url='https://ignored.example/simple'",  # another pip command's option
+            # sorted, as pip prints them: the environment first, though it wins over the files
             ":env:.find-links='/srv/wheels'",  # PIP_FIND_LINKS overrides pip.conf
             ":env:.no-cache-dir='1'",
+            "download.index-url='https://ignored.example/simple'",  # another pip command's option
+            "global.constraint='/etc/pip/caps.txt'",
+            "global.extra-index-url='file:///a/simple file:///b/simple'",
+            "global.find-links='/opt/wheels'",
+            "install.trusted-host='mirror.example'",
         ]
     )
     args = uv_args.uv_args(uv_args.pip_config(listing))
@@ -124,6 +126,7 @@ def test_uv_gets_pip_s_indexes_and_the_later_scope_wins() -> None:
     assert ("--constraint", "/etc/pip/caps.txt") in pairs
     assert "--index-url" not in args  # only install/global/env options count
     assert "--no-cache" in args
+    assert ("--allow-insecure-host", "mirror.example") in pairs
     assert ("--index-strategy", "unsafe-best-match") in pairs  # pip's rule: the best version over every index
 
 

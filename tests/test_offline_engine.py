@@ -39,10 +39,15 @@ def test_processes_started_inside_output_to_write_to_the_file(tmp_path: Path, ca
 @pytest.mark.slow
 @pytest.mark.parametrize("in_process", [False, True], ids=["own-processes", "in-process"])
 def test_an_engine_that_cannot_start_says_why_from_its_log(settings, in_process: bool) -> None:
+    import torch
+
+    set_threads = torch.set_num_threads
     with pytest.raises(LabError, match="did not start") as caught:
         # too small a KV cache for one max_model_len request
         start_llm(settings, in_process=in_process, num_gpu_blocks_override=1)
     message = str(caught.value)
+    assert torch.set_num_threads is set_threads  # vLLM's binding-time no-op is not left in this process
+    assert not torch.distributed.is_initialized()  # nor the half-started engine's process group
     assert "the end of vLLM's log" in message
     assert "cache blocks" in message, message  # the engine's reason
     if not in_process:  # the engine core's reason, from its log

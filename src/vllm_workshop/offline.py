@@ -101,7 +101,9 @@ def start_llm(
     """
     from vllm import LLM, envs
 
-    in_process = engine_in_process(settings, binding, overrides) if in_process is None else in_process
+    mode = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    if in_process is None:  # a value the learner exported wins over the lab's default
+        in_process = engine_in_process(settings, binding, overrides) if mode is None else mode == "0"
     settings.apply_env(binding)
     envs.disable_envs_cache()  # an earlier in-process engine froze vLLM's view of the environment: thaw it
     kwargs = settings.engine_kwargs(**overrides)
@@ -112,12 +114,15 @@ def start_llm(
     where = "in this process" if in_process else "in its own processes"
     print(f"starting the vLLM engine {where} (vLLM's engine log: {shown(log)}) ...", flush=True)
     started = time.perf_counter()
-    mode = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
+    set_threads = _torch_set_num_threads()
     try:
         with output_to(log):
             llm = LLM(**kwargs)
     except Exception as exc:
+        if in_process:  # what the half-started engine set up in this process goes, not only its frames
+            _cleanup_in_process()
+            exc = exc.with_traceback(None)
         raise LabError(
             f"The vLLM engine did not start: {type(exc).__name__}: {exc}\n"
             f"--- the end of vLLM's log, {log} ---\n{tail(log)}"
@@ -128,6 +133,7 @@ def start_llm(
         else:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = mode
         gc.unfreeze()  # vLLM's engine core freezes the heap it started with: this process keeps collecting it
+        _restore_torch_set_num_threads(set_threads)
     print(f"engine ready after {time.perf_counter() - started:.0f} s", flush=True)
     llm.workshop_log = log
     llm.workshop_in_process = in_process
@@ -137,6 +143,29 @@ def start_llm(
         if p.pid not in before and not _is_resource_tracker(p)
     ]
     return llm
+
+
+def _torch_set_num_threads() -> Any:
+    """torch's own ``set_num_threads`` (an in-process CPU engine replaces it with a no-op while it binds)."""
+    import torch
+
+    return torch.set_num_threads
+
+
+def _restore_torch_set_num_threads(original: Any) -> None:
+    """Give this process back torch's ``set_num_threads``, so later cells (an HF baseline) can set threads."""
+    import torch
+
+    torch.set_num_threads = original
+
+
+def _cleanup_in_process() -> None:
+    """vLLM's own clean-up of its process groups and memory, after an in-process engine failed to start."""
+    with contextlib.suppress(Exception):
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()
+    gc.collect()
 
 
 def _is_resource_tracker(process: psutil.Process) -> bool:

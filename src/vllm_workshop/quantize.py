@@ -25,6 +25,7 @@ from typing import Any
 
 from vllm_workshop.errors import LabError
 from vllm_workshop.isolated import each_spec, run_isolated, run_isolated_each
+from vllm_workshop.offline import engine_in_process
 from vllm_workshop.paths import models_dir, project_root, run_log
 from vllm_workshop.settings import LabSettings
 
@@ -239,6 +240,8 @@ def evaluate(
     ``LLM``, the dtype defaulting to the lane's) in a fresh vLLM process."""
     env = settings.process_env()
     env["VLLM_LOGGING_LEVEL"] = "WARNING"
+    if engine_in_process(settings, None, {}):  # as in evaluate_all, so load times compare
+        env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     dtype = dtype or settings.dtype
     command = [sys.executable, "-m", "vllm_workshop.quantize", "eval", str(model), dtype]
     result, error = run_isolated(
@@ -270,8 +273,8 @@ def evaluate_all(
     own."""
     env = settings.process_env()
     env["VLLM_LOGGING_LEVEL"] = "WARNING"
-    if settings.device == "cpu":  # each engine inside that process: no engine-core/worker spawns (~20 s each)
-        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if engine_in_process(settings, None, {}):  # each engine inside that process: no spawns (~20 s each)
+        env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     specs = [
         {
             "name": v.name,
