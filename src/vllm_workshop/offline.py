@@ -19,7 +19,7 @@ from vllm_workshop.errors import LabError
 from vllm_workshop.model import resolve_model
 from vllm_workshop.paths import run_log
 from vllm_workshop.server import shown, tail
-from vllm_workshop.settings import USER_BINDING, LabSettings
+from vllm_workshop.settings import LabSettings
 
 
 @contextlib.contextmanager
@@ -72,17 +72,12 @@ def engine_in_process(
 
     In-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), vLLM spawns no engine-core and worker processes,
     each of which imports vLLM again: on the 2-core CPU lane an engine starts in about 8 s instead of 30, at
-    the same throughput. vLLM then binds the OpenMP threads of THIS process, so it is only the default where
-    that binding is the lane's own (all usable cores) and the engine has one rank; vLLM's ``auto`` binding
-    (which keeps a core for the scheduler), tensor/pipeline parallelism and the GPU lane keep their own
-    processes. ``LAB_ENGINE_IN_PROCESS=0`` turns it off.
+    the same throughput. Where :meth:`LabSettings.model_in_one_process` allows it (the lane's own binding,
+    one rank, the CPU lane); ``LAB_ENGINE_IN_PROCESS=0`` turns it off.
     """
-    if settings.device != "cpu" or binding is not None or USER_BINDING is not None:
-        return False  # a binding other than the lane's would pin this process's threads to it
     if os.environ.get("LAB_ENGINE_IN_PROCESS", "1") == "0":
         return False
-    ranks = int(overrides.get("tensor_parallel_size", 1)) * int(overrides.get("pipeline_parallel_size", 1))
-    return ranks == 1
+    return settings.model_in_one_process(binding, overrides)
 
 
 def start_llm(

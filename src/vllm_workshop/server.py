@@ -25,7 +25,7 @@ import requests
 from vllm_workshop.errors import PortInUseError, ServerStartError
 from vllm_workshop.model import resolve_model
 from vllm_workshop.paths import project_root, state_dir
-from vllm_workshop.settings import USER_BINDING, LabSettings
+from vllm_workshop.settings import LabSettings
 
 LOCALHOST = "127.0.0.1"
 
@@ -231,16 +231,6 @@ def vllm_executable() -> list[str]:
     return [sys.executable, "-m", "vllm_workshop.vllm_cli"]
 
 
-def in_engine_core(settings: LabSettings, binding: dict[str, str] | None) -> bool:
-    """Whether a one-rank ``vllm serve`` runs its model inside the engine-core process on this lane.
-
-    Only with the lane's own all-core binding: bound to one core (a replica's share, or vLLM's ``auto``, which
-    keeps a core for its scheduler), the scheduler, its I/O threads and the model then share that core, and
-    two replicas measured 4x slower on the routing workload of module 9 (418 s against 108 s).
-    """
-    return settings.device == "cpu" and binding is None and USER_BINDING is None
-
-
 class VllmServer(ManagedServer):
     """``vllm serve`` for the lab settings, on a free port unless one is given."""
 
@@ -273,11 +263,8 @@ class VllmServer(ManagedServer):
         chosen = port if port is not None else free_port()
         command[command.index("PORT")] = str(chosen)
         env = {**settings.process_env(binding), **(extra_env or {})}
-        ranks = int(str(engine_overrides.get("tensor_parallel_size", 1))) * int(
-            str(engine_overrides.get("pipeline_parallel_size", 1))
-        )
         parallel_args = any("parallel" in a or a in ("-tp", "-pp") for a in extra_args)
-        if in_engine_core(settings, binding) and ranks == 1 and not parallel_args:
+        if settings.model_in_one_process(binding, engine_overrides) and not parallel_args:
             # the model runs inside the engine-core process, not in a worker process of its own: one process
             # less importing vLLM (measured on the 2-core lane: ready ~11 s sooner, same tokens/s). The server
             # itself is unchanged. A value the learner exported wins.

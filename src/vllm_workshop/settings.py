@@ -216,6 +216,23 @@ class LabSettings:
             if key != "VLLM_LOGGING_LEVEL" and os.environ.get(key) != value:
                 os.environ[key] = value
 
+    def model_in_one_process(
+        self, binding: Mapping[str, str] | None = None, overrides: Mapping[str, object] | None = None
+    ) -> bool:
+        """Whether vLLM may run the model in the process that schedules it (no worker process of its own).
+
+        Only on the CPU lane, with the lane's own all-core binding and one rank: vLLM then binds the OpenMP
+        threads of that process, and bound to one core (a replica's share, or vLLM's ``auto``, which keeps a
+        core for its scheduler) the scheduler, its I/O threads and the model share it: two one-core replicas
+        ran module 9's routing 4x slower that way (418 s against 108 s). ``overrides``: the engine arguments
+        (``tensor_parallel_size``, ``pipeline_parallel_size``).
+        """
+        overrides = overrides or {}
+        ranks = int(str(overrides.get("tensor_parallel_size", 1))) * int(
+            str(overrides.get("pipeline_parallel_size", 1))
+        )
+        return self.device == "cpu" and binding is None and USER_BINDING is None and ranks == 1
+
     def binding_summary(self, binding: Mapping[str, str] | None = None) -> str:
         """The core binding vLLM gets on this lane, in words (notebooks print it next to their numbers)."""
         if self.device != "cpu":
