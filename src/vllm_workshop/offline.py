@@ -65,6 +65,26 @@ def _vllm_logs_to(path: Path) -> None:
                 old.close()  # the previous engine's log, opened here
 
 
+@contextlib.contextmanager
+def engine_start() -> Iterator[None]:
+    """Around building a ``vllm.LLM``: what an in-process engine changes in this process, undone.
+
+    Before: vLLM's env cache (frozen by an earlier in-process engine) is thawed, so this engine reads the
+    environment as it is now. After: the heap vLLM's engine core froze is unfrozen (so a closed engine can be
+    freed), and torch's ``set_num_threads`` (replaced by a no-op while vLLM binds threads) is given back.
+    """
+    import torch
+    from vllm import envs
+
+    envs.disable_envs_cache()
+    set_threads = torch.set_num_threads
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        torch.set_num_threads = set_threads
+
+
 def engine_in_process(
     settings: LabSettings, binding: dict[str, str] | None, overrides: dict[str, Any]
 ) -> bool:
@@ -94,13 +114,12 @@ def start_llm(
     vLLM's own output (its log, warnings, and its processes' output) goes to a file under ``.lab/logs/``,
     named in one line; if the engine fails to start, the error carries the end of that file.
     """
-    from vllm import LLM, envs
+    from vllm import LLM
 
     mode = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
     if in_process is None:  # a value the learner exported wins over the lab's default
         in_process = engine_in_process(settings, binding, overrides) if mode is None else mode == "0"
     settings.apply_env(binding)
-    envs.disable_envs_cache()  # an earlier in-process engine froze vLLM's view of the environment: thaw it
     kwargs = settings.engine_kwargs(**overrides)
     kwargs["model"] = resolve_model(str(kwargs["model"]))
     kwargs.setdefault("disable_log_stats", False)  # needed for RequestOutput.metrics
@@ -110,9 +129,8 @@ def start_llm(
     print(f"starting the vLLM engine {where} (vLLM's engine log: {shown(log)}) ...", flush=True)
     started = time.perf_counter()
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
-    set_threads = _torch_set_num_threads()
     try:
-        with output_to(log):
+        with engine_start(), output_to(log):
             llm = LLM(**kwargs)
     except Exception as exc:
         if in_process:  # what the half-started engine set up in this process goes, not only its frames
@@ -127,8 +145,6 @@ def start_llm(
             os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
         else:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = mode
-        gc.unfreeze()  # vLLM's engine core freezes the heap it started with: this process keeps collecting it
-        _restore_torch_set_num_threads(set_threads)
     print(f"engine ready after {time.perf_counter() - started:.0f} s", flush=True)
     llm.workshop_log = log
     llm.workshop_in_process = in_process
@@ -138,20 +154,6 @@ def start_llm(
         if p.pid not in before and not _is_resource_tracker(p)
     ]
     return llm
-
-
-def _torch_set_num_threads() -> Any:
-    """torch's own ``set_num_threads`` (an in-process CPU engine replaces it with a no-op while it binds)."""
-    import torch
-
-    return torch.set_num_threads
-
-
-def _restore_torch_set_num_threads(original: Any) -> None:
-    """Give this process back torch's ``set_num_threads``, so later cells (an HF baseline) can set threads."""
-    import torch
-
-    torch.set_num_threads = original
 
 
 def _cleanup_in_process() -> None:

@@ -12,7 +12,6 @@ itself) and agreement of greedy answers with the unquantized model on a fixed qu
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import subprocess
@@ -227,6 +226,16 @@ def disk_mib(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**20
 
 
+def _eval_env(settings: LabSettings) -> dict[str, str]:
+    """Environment of a measuring process: quiet vLLM, and on the CPU lane each engine inside that process
+    (no engine-core/worker spawns, ~20 s each), the same for a variant measured alone."""
+    env = settings.process_env()
+    env["VLLM_LOGGING_LEVEL"] = "WARNING"
+    if engine_in_process(settings, None, {}):
+        env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    return env
+
+
 def evaluate(
     settings: LabSettings,
     name: str,
@@ -238,10 +247,7 @@ def evaluate(
 ) -> VariantResult:
     """Measure a variant (folder or hub id; ``quantization``, ``kv_cache_dtype`` and ``dtype`` as for
     ``LLM``, the dtype defaulting to the lane's) in a fresh vLLM process."""
-    env = settings.process_env()
-    env["VLLM_LOGGING_LEVEL"] = "WARNING"
-    if engine_in_process(settings, None, {}):  # as in evaluate_all, so load times compare
-        env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    env = _eval_env(settings)
     dtype = dtype or settings.dtype
     command = [sys.executable, "-m", "vllm_workshop.quantize", "eval", str(model), dtype]
     result, error = run_isolated(
@@ -271,10 +277,7 @@ def evaluate_all(
     imported once, not once per variant. A variant the engine refuses, or that runs past ``timeout_s``, comes
     back with its reason; if the process dies, each variant it never started is measured in a process of its
     own."""
-    env = settings.process_env()
-    env["VLLM_LOGGING_LEVEL"] = "WARNING"
-    if engine_in_process(settings, None, {}):  # each engine inside that process: no spawns (~20 s each)
-        env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    env = _eval_env(settings)
     specs = [
         {
             "name": v.name,
@@ -335,23 +338,23 @@ def _load(llm_class: Any, folder: str, dtype: str, quantization: str, kv_cache_d
     """A vLLM engine for one variant (eager on the CPU lane, like the rest of the lab)."""
     from vllm import envs
 
+    from vllm_workshop.offline import engine_start
     from vllm_workshop.settings import detect_device
 
     extra: dict[str, Any] = {} if quantization == "none" else {"quantization": quantization}
-    envs.disable_envs_cache()  # an earlier in-process engine froze vLLM's view of the environment
     start = time.perf_counter()
-    llm = llm_class(
-        model=folder,
-        dtype=dtype,
-        max_model_len=2048,
-        enforce_eager=detect_device() == "cpu",
-        seed=0,
-        kv_cache_dtype=kv_cache_dtype,
-        **extra,
-    )
+    with engine_start():  # the variant before may have run in this process too
+        llm = llm_class(
+            model=folder,
+            dtype=dtype,
+            max_model_len=2048,
+            enforce_eager=detect_device() == "cpu",
+            seed=0,
+            kv_cache_dtype=kv_cache_dtype,
+            **extra,
+        )
     llm.workshop_load_s = time.perf_counter() - start
     llm.workshop_in_process = not envs.VLLM_ENABLE_V1_MULTIPROCESSING  # close_llm then frees it here
-    gc.unfreeze()  # the in-process engine core froze the heap: the next variant must be able to free this one
     return llm
 
 
