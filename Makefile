@@ -154,7 +154,7 @@ slow: model  ## tests that start real vLLM engines and servers
 
 notebooks: model  ## run every notebook top to bottom with nbval
 	@$(call timed,notebooks,$(BIN)/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
-		--nbval-cell-timeout=$(CELL_TIMEOUT) --timeout=$(CELL_TIMEOUT) -o testpaths= --durations=40 notebooks/)
+		--nbval-cell-timeout=$(CELL_TIMEOUT) --timeout=$(CELL_TIMEOUT) -o testpaths= --durations=0 --durations-min=1 notebooks/)
 
 gpu-smoke:  ## GPU lane: every notebook under nbval on the GPU, pass/fail and time per notebook (not in CI)
 	@command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 || \

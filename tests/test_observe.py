@@ -101,6 +101,16 @@ def test_the_neuron_monitor_is_valid_and_lands_on_every_inferentia_node_group_on
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
+def test_the_neuron_monitor_fails_only_the_restricted_security_context_as_a_privileged_reader() -> None:
+    """It must read the Neuron devices (privileged); every other policy of the project holds for it."""
+    from vllm_workshop import policy
+
+    objects = list(yaml.safe_load_all((ROOT / "infra/monitoring/neuron-monitor.yaml").read_text()))
+    failed = {title: problems for title, problems in policy.check_all(objects).items() if problems}
+    assert set(failed) == {"restricted security context"}, failed
+    assert any(p.endswith("privileged") for p in failed["restricted security context"])
+
+
 def test_the_dcgm_exporter_values_select_the_gpu_node_groups() -> None:
     from vllm_workshop.nodegroups import infra_node_groups, misfit
 

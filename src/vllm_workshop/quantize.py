@@ -16,6 +16,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vllm_workshop.errors import LabError
-from vllm_workshop.isolated import each_spec, run_isolated, run_isolated_each
+from vllm_workshop.isolated import PROGRESS, each_spec, run_isolated, run_isolated_each
 from vllm_workshop.offline import engine_in_process
 from vllm_workshop.paths import models_dir, project_root, run_log
 from vllm_workshop.settings import LabSettings
@@ -145,18 +146,42 @@ def quantize_all(
     jobs = [f"{SCHEMES[name][0]}={folders[name]}" for name in todo]
     command = [str(quant_python()), "-m", MODULE, "build", str(source), *jobs]
     env = {"PYTHONPATH": str(project_root() / "src"), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
-    started = time.perf_counter()
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout_s * len(todo))
-    except subprocess.TimeoutExpired:
-        raise LabError(
-            f"quantizing {', '.join(todo)} took longer than {timeout_s * len(todo):.0f} s and was stopped."
-        ) from None
+    started, limit = time.perf_counter(), timeout_s * len(todo)
+    returncode, output = _relay_progress(command, env, limit)
+    if returncode is None:
+        raise LabError(f"quantizing {', '.join(todo)} took longer than {limit:.0f} s and was stopped.")
     missing = [name for name in todo if not (folders[name] / "config.json").exists()]
-    if done.returncode != 0 or missing:
-        raise LabError(f"quantizing {', '.join(missing or todo)} failed:\n{done.stderr[-3000:]}")
+    if returncode != 0 or missing:
+        raise LabError(f"quantizing {', '.join(missing or todo)} failed:\n{output[-3000:]}")
     print(f"... built in {time.perf_counter() - started:.0f} s", flush=True)
     return folders
+
+
+def _relay_progress(command: Sequence[str], env: dict[str, str], timeout_s: float) -> tuple[int | None, str]:
+    """Run ``command``, printing its progress lines as they come; ``(exit code or None if it timed out and was
+    killed, the rest of its output)``."""
+    rest: list[str] = []
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    ) as process:
+        killed = threading.Event()
+
+        def kill() -> None:
+            killed.set()
+            process.kill()
+
+        watchdog = threading.Timer(timeout_s, kill)
+        watchdog.start()
+        try:
+            for line in process.stdout or ():
+                if line.startswith(PROGRESS):
+                    print(line[len(PROGRESS) :], end="", flush=True)
+                else:
+                    rest.append(line)
+            process.wait()
+        finally:
+            watchdog.cancel()
+    return (None if killed.is_set() else process.returncode), "".join(rest)
 
 
 def _build(source: str, *jobs: str) -> None:
@@ -170,6 +195,8 @@ def _build(source: str, *jobs: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(source)
     for job in jobs:
         scheme, out = job.split("=", 1)
+        started = time.perf_counter()
+        print(f"{PROGRESS}{scheme} ...", flush=True)
         model = AutoModelForCausalLM.from_pretrained(source, dtype="auto")  # a fresh copy per variant
         if scheme == "W4A16-G64":
             # Group sizes must divide the 576-wide hidden size: 64, not the usual 128.
@@ -185,6 +212,7 @@ def _build(source: str, *jobs: str) -> None:
         oneshot(model=model, recipe=recipe)
         model.save_pretrained(out, save_compressed=True)
         tokenizer.save_pretrained(out)
+        print(f"{PROGRESS}... {scheme} built in {time.perf_counter() - started:.0f} s", flush=True)
 
 
 @dataclass
