@@ -117,3 +117,16 @@ def test_a_variant_build_that_outlives_its_time_is_killed_and_says_so() -> None:
     code, _ = _relay_progress([sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ), 1)
     assert code is None
     assert time.monotonic() - started < 30
+
+
+def test_a_variant_build_whose_child_leaves_a_process_holding_its_output_does_not_hang() -> None:
+    from vllm_workshop.quantize import _relay_progress
+
+    script = (
+        "import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        "print('[lab] built', flush=True)"
+    )
+    started = time.monotonic()
+    code, _ = _relay_progress([sys.executable, "-c", script], dict(os.environ), 2)
+    assert code == 0  # the build itself exited cleanly; only the straggler was killed
+    assert time.monotonic() - started < 30

@@ -12,8 +12,11 @@ itself) and agreement of greedy answers with the unquantized model on a fixed qu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -158,29 +161,41 @@ def quantize_all(
 
 
 def _relay_progress(command: Sequence[str], env: dict[str, str], timeout_s: float) -> tuple[int | None, str]:
-    """Run ``command``, printing its progress lines as they come; ``(exit code or None if it timed out and was
-    killed, the rest of its output)``."""
+    """Run ``command`` in its own process group, printing its progress lines as they come; ``(exit code, or
+    None if it ran past ``timeout_s`` and was killed, the rest of its output)``. An interrupt kills it too."""
     rest: list[str] = []
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    ) as process:
-        killed = threading.Event()
+    killed = threading.Event()
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        env=env,
+        start_new_session=True,
+    )
 
-        def kill() -> None:
+    def kill() -> None:
+        if process.poll() is None:
             killed.set()
-            process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # its children too, so none keeps the pipe open
 
-        watchdog = threading.Timer(timeout_s, kill)
-        watchdog.start()
-        try:
-            for line in process.stdout or ():
-                if line.startswith(PROGRESS):
-                    print(line[len(PROGRESS) :], end="", flush=True)
-                else:
-                    rest.append(line)
-            process.wait()
-        finally:
-            watchdog.cancel()
+    watchdog = threading.Timer(timeout_s, kill)
+    watchdog.start()
+    try:
+        for line in process.stdout or ():
+            if line.startswith(PROGRESS):
+                print(line[len(PROGRESS) :], end="", flush=True)
+            else:
+                rest.append(line)
+        process.wait()
+    finally:
+        watchdog.cancel()
+        kill()  # after an interrupt, or a child left behind; a no-op for a group that has exited
+        process.wait()
+        if process.stdout:
+            process.stdout.close()
     return (None if killed.is_set() else process.returncode), "".join(rest)
 
 
