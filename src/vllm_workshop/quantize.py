@@ -12,14 +12,9 @@ itself) and agreement of greedy answers with the unquantized model on a fixed qu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -145,74 +140,42 @@ def quantize_all(
     todo = [name for name, out in folders.items() if force or not (out / "config.json").exists()]
     if not todo:
         return folders
+    log = run_log("quant-build")
     print(f"building {', '.join(todo)} with llm-compressor (once; later runs reuse them) ...", flush=True)
-    jobs = [f"{SCHEMES[name][0]}={folders[name]}" for name in todo]
-    command = [str(quant_python()), "-m", MODULE, "build", str(source), *jobs]
+    specs = [
+        {"name": name, "progress": f"{name} ...", "source": str(source), "scheme": SCHEMES[name][0],
+         "out": str(folders[name])}
+        for name in todo
+    ]  # fmt: skip
     env = {"PYTHONPATH": str(project_root() / "src"), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
-    started, limit = time.perf_counter(), timeout_s * len(todo)
-    returncode, output = _relay_progress(command, env, limit)
-    if returncode is None:
-        raise LabError(f"quantizing {', '.join(todo)} took longer than {limit:.0f} s and was stopped.")
-    missing = [name for name in todo if not (folders[name] / "config.json").exists()]
-    if returncode != 0 or missing:
-        raise LabError(f"quantizing {', '.join(missing or todo)} failed:\n{output[-3000:]}")
+    command = [str(quant_python()), "-m", MODULE, "build"]
+    started = time.perf_counter()
+    entries = run_isolated_each(
+        lambda spec, out: [*command, str(spec), str(out), str(log)], env, specs, timeout_s, log
+    )
+    failed = {
+        name: (entry or {}).get("error", "never started")
+        for name, entry in zip(todo, entries, strict=True)
+        if entry is None or "error" in entry or not (folders[name] / "config.json").exists()
+    }
+    if failed:
+        reasons = "\n".join(f"{name}: {why}" for name, why in failed.items())
+        raise LabError(f"quantizing {', '.join(failed)} failed (log: {log}):\n{reasons}")
     print(f"... built in {time.perf_counter() - started:.0f} s", flush=True)
     return folders
 
 
-def _relay_progress(command: Sequence[str], env: dict[str, str], timeout_s: float) -> tuple[int | None, str]:
-    """Run ``command`` in its own process group, printing its progress lines as they come; ``(exit code, or
-    None if it ran past ``timeout_s`` and was killed, the rest of its output)``. An interrupt kills it too."""
-    rest: list[str] = []
-    killed = threading.Event()
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        env=env,
-        start_new_session=True,
-    )
-
-    def kill() -> None:
-        if process.poll() is None:
-            killed.set()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # its children too, so none keeps the pipe open
-
-    watchdog = threading.Timer(timeout_s, kill)
-    watchdog.start()
-    try:
-        for line in process.stdout or ():
-            if line.startswith(PROGRESS):
-                print(line[len(PROGRESS) :], end="", flush=True)
-            else:
-                rest.append(line)
-        process.wait()
-    finally:
-        watchdog.cancel()
-        kill()  # after an interrupt, or a child left behind; a no-op for a group that has exited
-        process.wait()
-        if process.stdout:
-            process.stdout.close()
-    return (None if killed.is_set() else process.returncode), "".join(rest)
-
-
-def _build(source: str, *jobs: str) -> None:
-    """(``.venv-quant``) Data-free quantization with llm-compressor, saved compressed: one ``SCHEME=OUT`` per
-    variant."""
+def _build(spec_path: str, out_path: str, log_path: str) -> None:
+    """(``.venv-quant``) Data-free quantization with llm-compressor, saved compressed: each spec's ``scheme``
+    of ``source`` into ``out``, one after another (:func:`~vllm_workshop.isolated.each_spec`)."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
     from llmcompressor import oneshot
     from llmcompressor.modifiers.quantization import QuantizationModifier
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    for job in jobs:
-        scheme, out = job.split("=", 1)
-        started = time.perf_counter()
-        print(f"{PROGRESS}{scheme} ...", flush=True)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype="auto")  # a fresh copy per variant
+    def build(spec: dict[str, Any]) -> dict[str, Any]:
+        started, scheme = time.perf_counter(), spec["scheme"]
+        model = AutoModelForCausalLM.from_pretrained(spec["source"], dtype="auto")  # a fresh copy per variant
         if scheme == "W4A16-G64":
             # Group sizes must divide the 576-wide hidden size: 64, not the usual 128.
             weights = QuantizationArgs(
@@ -225,9 +188,12 @@ def _build(source: str, *jobs: str) -> None:
         else:
             recipe = QuantizationModifier(targets="Linear", scheme=scheme, ignore=["lm_head"])
         oneshot(model=model, recipe=recipe)
-        model.save_pretrained(out, save_compressed=True)
-        tokenizer.save_pretrained(out)
-        print(f"{PROGRESS}... {scheme} built in {time.perf_counter() - started:.0f} s", flush=True)
+        model.save_pretrained(spec["out"], save_compressed=True)
+        AutoTokenizer.from_pretrained(spec["source"]).save_pretrained(spec["out"])
+        print(f"{PROGRESS}... built in {time.perf_counter() - started:.0f} s", flush=True)
+        return {}
+
+    each_spec(spec_path, out_path, log_path, build)
 
 
 @dataclass
@@ -444,8 +410,8 @@ def _measure(llm: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``build SRC SCHEME=OUT...`` (in .venv-quant), ``eval MODEL DTYPE OUT [QUANTIZATION [KV_DTYPE]]`` or
-    ``eval-all SPEC.json OUT.jsonl LOG`` (in .venv)."""
+    """``build SPEC.json OUT.jsonl LOG`` (in .venv-quant), ``eval MODEL DTYPE OUT [QUANTIZATION [KV_DTYPE]]``
+    or ``eval-all SPEC.json OUT.jsonl LOG`` (in .venv)."""
     parser = argparse.ArgumentParser(prog="python -m vllm_workshop.quantize")
     parser.add_argument("action", choices=["build", "eval", "eval-all"])
     parser.add_argument("args", nargs="+")
