@@ -197,3 +197,19 @@ def test_a_short_training_saves_an_adapter_vllm_can_load(tmp_path: Path) -> None
 def test_the_tools_are_strict_so_vllm_constrains_their_arguments() -> None:
     assert all(t["function"]["strict"] is True for t in TOOLS)
     assert all(t["function"]["parameters"]["additionalProperties"] is False for t in TOOLS)
+
+
+def test_the_lora_formula_counts_what_peft_trains_on_the_lab_model() -> None:
+    """r x (d_in + d_out) per adapted matrix, GQA-aware (the lab model has 9 query and 3 KV heads)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from vllm_workshop.lora import TARGET_MODULES, adapter_parameters
+    from vllm_workshop.planning import model_shape
+
+    folder = resolve_model(lab_settings().model)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(folder), LoraConfig(r=8, target_modules=list(TARGET_MODULES))
+    )
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert adapter_parameters(model_shape(str(folder)), 8) == trained

@@ -14,11 +14,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import LabError
 
+if TYPE_CHECKING:
+    from .planning import ModelShape
+
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def adapter_parameters(shape: ModelShape, rank: int) -> int:
+    """Weights a rank-``rank`` adapter of :data:`TARGET_MODULES` trains: ``r x (d_in + d_out)`` per matrix and
+    layer (q_proj hidden -> heads x head_dim, k/v_proj hidden -> KV heads x head_dim, o_proj back)."""
+    d = shape.hidden_size
+    q, kv = shape.num_attention_heads * shape.head_dim, shape.num_key_value_heads * shape.head_dim
+    sizes = {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d)}
+    return shape.num_hidden_layers * rank * sum(sum(sizes[m]) for m in TARGET_MODULES)
 
 
 class LoraError(LabError):
