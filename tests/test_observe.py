@@ -111,22 +111,42 @@ def test_the_neuron_monitor_fails_only_the_restricted_security_context_as_a_priv
     assert any(p.endswith("privileged") for p in failed["restricted security context"])
 
 
-def test_the_dcgm_exporter_values_select_the_gpu_node_groups() -> None:
+def test_the_dcgm_exporter_is_valid_and_lands_on_every_gpu_node_group_only() -> None:
+    from vllm_workshop import k8s
     from vllm_workshop.nodegroups import infra_node_groups, misfit
 
-    values = yaml.safe_load((ROOT / "infra/monitoring/dcgm-exporter-values.yaml").read_text())
-    image = "nvcr.io/nvidia/k8s/dcgm-exporter:4.4.1-4.6.0-ubuntu22.04"  # the chart's image (4.6.0)
-    containers = [{"name": "dcgm-exporter", "image": image}]
-    spec = {
-        "nodeSelector": values["nodeSelector"],
-        "tolerations": values["tolerations"],
-        "containers": containers,
-    }
+    objects = list(yaml.safe_load_all((ROOT / "infra/monitoring/dcgm-exporter.yaml").read_text()))
+    report = k8s.validate_objects("dcgm-exporter", objects)
+    assert report.ok, report.summary()
+    spec = next(o for o in objects if o["kind"] == "DaemonSet")["spec"]["template"]["spec"]
     eks = [g for g in infra_node_groups() if g.cluster == "eks"]
-    fits = {g.name for g in eks if not misfit(spec, g, check_arch=False)}
+    fits = {g.name for g in eks if not misfit(spec, g)}
     gpu = {g.name for g in eks if g.labels.get("workshop.vllm.ai/accelerator") == "nvidia"}
     assert gpu and fits == gpu
-    assert values["serviceMonitor"]["additionalLabels"]["release"] == "kube-prometheus-stack"
+    service = next(o for o in objects if o["kind"] == "Service")
+    monitor = next(o for o in objects if o["kind"] == "ServiceMonitor")
+    assert service["spec"]["selector"] == monitor["spec"]["selector"]["matchLabels"]
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_the_dcgm_exporter_fails_only_the_restricted_profile_as_a_root_gpu_reader() -> None:
+    """Root with SYS_ADMIN (profiling metrics) and the kubelet's pod-resources socket (pod labels): the
+    restricted profile's findings are exactly those; every other policy of the project holds for it."""
+    from vllm_workshop import policy
+
+    objects = list(yaml.safe_load_all((ROOT / "infra/monitoring/dcgm-exporter.yaml").read_text()))
+    failed = {title: problems for title, problems in policy.check_all(objects).items() if problems}
+    assert set(failed) == {"restricted security context"}, failed
+    found = sorted(p.split(": ", 1)[1] for p in failed["restricted security context"])
+    assert found == sorted(
+        [
+            "volume pod-resources is hostPath",
+            "runAsNonRoot is not true",
+            "runAsUser is 0",
+            "adds capabilities ['SYS_ADMIN']",
+        ]
+    ), found
 
 
 def test_a_query_returning_only_nan_counts_as_empty(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -57,6 +57,14 @@ def test_round_robin_alternates_resends_history_and_survives_a_dead_worker(tmp_p
         assert [len(c) for c in counts] == [6, 6]  # round robin: an even split
         # system + user, then + answer + user per turn: 2, 4, 6 messages
         assert sorted(n for c in counts for n in c) == [2] * 4 + [4] * 4 + [6] * 4
+        # one conversation at a time: round robin sends every second turn to the worker without its history
+        before = [len(c) for c in counts]
+        records, _ = run_conversations(url, "lab-model", chats, 4, max_tokens=4, one_at_a_time=True)
+        assert [r.error for r in records] == [None] * 12
+        assert [r.label for r in records] == [f"case {i}/turn {k}" for i in range(4) for k in (1, 2, 3)]
+        counts = [requests.get(f.base_url + "/stats", timeout=5).json()["message_counts"] for f in fakes]
+        new = sorted(c[n:] for c, n in zip(counts, before, strict=True))
+        assert new == [[2, 6, 4] * 2, [4, 2, 6] * 2], new  # turns 1 and 3 on one worker, turn 2 on the other
         fakes[1].stop()
         records, _ = run_conversations(url, "lab-model", chats[:2], concurrency=2, max_tokens=4)
         assert [r.error for r in records] == [None] * 6
@@ -80,6 +88,6 @@ def test_a_replica_that_vanished_mid_run_is_an_error_not_a_number(monkeypatch: p
     seen = iter([before, {"hits": 5, "queries": 9, "done": {"a": 4}}])  # replica b gone after the run
     monkeypatch.setattr(routing, "settle", lambda: 0.0)
     monkeypatch.setattr(routing, "_counters", lambda *args: next(seen))
-    monkeypatch.setattr(routing, "run_conversations", lambda *args: ([], 1.0))
+    monkeypatch.setattr(routing, "run_conversations", lambda *args, **kwargs: ([], 1.0))
     with pytest.raises(PrometheusError, match="replicas changed during the run"):
         routing.measure_policy("http://prom", "http://router", "p", "m", [], "w")

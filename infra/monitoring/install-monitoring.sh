@@ -16,9 +16,7 @@ say "prometheus-adapter $PROMETHEUS_ADAPTER_VERSION"
 "$HELM" upgrade --install prometheus-adapter prometheus-community/prometheus-adapter \
   --namespace monitoring --version "$PROMETHEUS_ADAPTER_VERSION" \
   --values "$INFRA_DIR/monitoring/prometheus-adapter-values.yaml" --wait
-say "dcgm-exporter $DCGM_EXPORTER_CHART_VERSION (GPU nodes)"
-"$HELM" repo add gpu-helm-charts https://nvidia.github.io/dcgm-exporter/helm-charts --force-update >/dev/null
-"$HELM" upgrade --install dcgm-exporter gpu-helm-charts/dcgm-exporter --namespace monitoring \
-  --version "$DCGM_EXPORTER_CHART_VERSION" --values "$INFRA_DIR/monitoring/dcgm-exporter-values.yaml" --wait
+say "dcgm-exporter (GPU nodes) and its ServiceMonitor"
+"$(kubectl_bin)" apply -f "$INFRA_DIR/monitoring/dcgm-exporter.yaml"
 say "neuron-monitor (Inferentia2 nodes) and its PodMonitor"
 "$(kubectl_bin)" apply -f "$INFRA_DIR/monitoring/neuron-monitor.yaml"

@@ -198,19 +198,26 @@ def run_conversations(
     max_tokens: int = 16,
     api_key: str = "none",
     extra_body: dict[str, Any] | None = None,
+    one_at_a_time: bool = False,
 ) -> tuple[list[RequestRecord], float]:
     """Run the conversations side by side (each one turn after the other, as a user types), at most
     ``concurrency`` requests in flight; records labelled ``name/turn k``, and the wall time. ``extra_body``
-    goes into every request (e.g. LiteLLM's ``{"cache": {"no-cache": True}}``). Safe inside Jupyter."""
+    goes into every request (e.g. LiteLLM's ``{"cache": {"no-cache": True}}``). ``one_at_a_time`` runs
+    them one after another instead (a quiet fleet: one request in flight). Safe inside Jupyter."""
     from openai import AsyncOpenAI
 
     async def work() -> tuple[list[RequestRecord], float]:
         gate = asyncio.Semaphore(concurrency)
         async with AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600) as client:
             t0 = time.perf_counter()
-            runs = await asyncio.gather(
-                *(_conversation(client, model, c, max_tokens, t0, gate, extra_body) for c in chats)
-            )
+            if one_at_a_time:
+                runs = [
+                    await _conversation(client, model, c, max_tokens, t0, gate, extra_body) for c in chats
+                ]
+            else:
+                runs = await asyncio.gather(
+                    *(_conversation(client, model, c, max_tokens, t0, gate, extra_body) for c in chats)
+                )
             return [r for run in runs for r in run], time.perf_counter() - t0
 
     return _blocking(work())

@@ -127,14 +127,18 @@ def measure_policy(
     job: str = "vllm",
     api_key: str = "none",
     extra_body: dict[str, Any] | None = None,
+    one_at_a_time: bool = False,
 ) -> PolicyRun:
     """Run ``chats`` through ``base_url`` (a router, or a gateway in front of one, routing by ``policy``) and
     read what the replicas did from Prometheus: prefix-cache hit rate, TTFT quantiles and finished requests
-    per replica, as counter differences over the run."""
+    per replica, as counter differences over the run. ``one_at_a_time``: the conversations one after
+    another (``concurrency`` is then 1)."""
     start = settle()
     before = _counters(prometheus, start, job)
     url = base_url + "/v1"
-    records, wall = run_conversations(url, model, chats, concurrency, max_tokens, api_key, extra_body)
+    records, wall = run_conversations(
+        url, model, chats, concurrency, max_tokens, api_key, extra_body, one_at_a_time=one_at_a_time
+    )
     end = settle()
     after = _counters(prometheus, end, job)
     if set(before["done"]) != set(after["done"]):
