@@ -125,9 +125,22 @@ def test_the_dcgm_exporter_is_valid_and_lands_on_every_gpu_node_group_only() -> 
     assert gpu and fits == gpu
     service = next(o for o in objects if o["kind"] == "Service")
     monitor = next(o for o in objects if o["kind"] == "ServiceMonitor")
-    assert service["spec"]["selector"] == monitor["spec"]["selector"]["matchLabels"]
+    policy = next(o for o in objects if o["kind"] == "NetworkPolicy")
+    # the ServiceMonitor picks the Service by its labels, the Service the pods by its selector
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert service["spec"]["selector"].items() <= daemonset_labels(objects).items()
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= daemonset_labels(objects).items()
+    # every port named by the Service, the ServiceMonitor and the NetworkPolicy exists where it points
+    container_ports = {p["name"] for c in spec["containers"] for p in c["ports"]}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= container_ports
     assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
+    assert {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} <= container_ports
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def daemonset_labels(objects: list[dict]) -> dict[str, str]:
+    """The labels of the DaemonSet's pods."""
+    return next(o for o in objects if o["kind"] == "DaemonSet")["spec"]["template"]["metadata"]["labels"]
 
 
 def test_the_dcgm_exporter_fails_only_the_restricted_profile_as_a_root_gpu_reader() -> None:

@@ -49,7 +49,7 @@ def test_round_robin_alternates_resends_history_and_survives_a_dead_worker(tmp_p
     fakes = [fake_backend(free_port(), 0.0, tmp_path).start(timeout=30) for _ in range(2)]
     router = router_server([f.base_url for f in fakes], "round_robin").start(timeout=60)
     try:
-        chats = shared_prefix_conversations(4, turns=3)
+        chats = shared_prefix_conversations(4, turns=3, think_s=(0.0, 0.0))
         url = router.base_url + "/v1"
         records, _ = run_conversations(url, "lab-model", chats, concurrency=2, max_tokens=4)
         assert [r.error for r in records] == [None] * 12
@@ -88,6 +88,8 @@ def test_a_replica_that_vanished_mid_run_is_an_error_not_a_number(monkeypatch: p
     seen = iter([before, {"hits": 5, "queries": 9, "done": {"a": 4}}])  # replica b gone after the run
     monkeypatch.setattr(routing, "settle", lambda: 0.0)
     monkeypatch.setattr(routing, "_counters", lambda *args: next(seen))
-    monkeypatch.setattr(routing, "run_conversations", lambda *args, **kwargs: ([], 1.0))
+    asked: list[dict] = []
+    monkeypatch.setattr(routing, "run_conversations", lambda *a, **kwargs: asked.append(kwargs) or ([], 1.0))
     with pytest.raises(PrometheusError, match="replicas changed during the run"):
-        routing.measure_policy("http://prom", "http://router", "p", "m", [], "w")
+        routing.measure_policy("http://prom", "http://router", "p", "m", [], "w", one_at_a_time=True)
+    assert asked == [{"one_at_a_time": True}]  # the quiet-fleet runs reach the load generator

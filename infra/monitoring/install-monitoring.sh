@@ -17,6 +17,7 @@ say "prometheus-adapter $PROMETHEUS_ADAPTER_VERSION"
   --namespace monitoring --version "$PROMETHEUS_ADAPTER_VERSION" \
   --values "$INFRA_DIR/monitoring/prometheus-adapter-values.yaml" --wait
 say "dcgm-exporter (GPU nodes) and its ServiceMonitor"
+"$HELM" uninstall dcgm-exporter --namespace monitoring >/dev/null 2>&1 || true  # the Helm release of earlier versions
 "$(kubectl_bin)" apply -f "$INFRA_DIR/monitoring/dcgm-exporter.yaml"
 say "neuron-monitor (Inferentia2 nodes) and its PodMonitor"
 "$(kubectl_bin)" apply -f "$INFRA_DIR/monitoring/neuron-monitor.yaml"

@@ -132,7 +132,7 @@ def measure_policy(
     """Run ``chats`` through ``base_url`` (a router, or a gateway in front of one, routing by ``policy``) and
     read what the replicas did from Prometheus: prefix-cache hit rate, TTFT quantiles and finished requests
     per replica, as counter differences over the run. ``one_at_a_time``: the conversations one after
-    another (``concurrency`` is then 1)."""
+    another, one request in flight (``concurrency`` is ignored)."""
     start = settle()
     before = _counters(prometheus, start, job)
     url = base_url + "/v1"
