@@ -19,6 +19,11 @@ from vllm_workshop.observe import PrometheusError, Target
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def monitoring_manifests(name: str) -> list[dict]:
+    """The objects of ``infra/monitoring/<name>.yaml``."""
+    return list(yaml.safe_load_all((ROOT / "infra/monitoring" / f"{name}.yaml").read_text()))
+
+
 def test_the_rules_pass_promtool_check_and_their_unit_tests(tmp_path: Path) -> None:
     checked = observe.promtool("check", "rules", str(observe.write_rules(tmp_path)))
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -86,7 +91,7 @@ def test_the_neuron_monitor_is_valid_and_lands_on_every_inferentia_node_group_on
     from vllm_workshop import k8s
     from vllm_workshop.nodegroups import infra_node_groups, misfit
 
-    objects = list(yaml.safe_load_all((ROOT / "infra/monitoring/neuron-monitor.yaml").read_text()))
+    objects = monitoring_manifests("neuron-monitor")
     report = k8s.validate_objects("neuron-monitor", objects)
     assert report.ok, report.summary()
     daemonset = next(o for o in objects if o["kind"] == "DaemonSet")
@@ -105,7 +110,7 @@ def test_the_neuron_monitor_fails_only_the_restricted_security_context_as_a_priv
     """It must read the Neuron devices (privileged); every other policy of the project holds for it."""
     from vllm_workshop import policy
 
-    objects = list(yaml.safe_load_all((ROOT / "infra/monitoring/neuron-monitor.yaml").read_text()))
+    objects = monitoring_manifests("neuron-monitor")
     failed = {title: problems for title, problems in policy.check_all(objects).items() if problems}
     assert set(failed) == {"restricted security context"}, failed
     assert any(p.endswith("privileged") for p in failed["restricted security context"])
@@ -115,10 +120,11 @@ def test_the_dcgm_exporter_is_valid_and_lands_on_every_gpu_node_group_only() -> 
     from vllm_workshop import k8s
     from vllm_workshop.nodegroups import infra_node_groups, misfit
 
-    objects = list(yaml.safe_load_all((ROOT / "infra/monitoring/dcgm-exporter.yaml").read_text()))
+    objects = monitoring_manifests("dcgm-exporter")
     report = k8s.validate_objects("dcgm-exporter", objects)
     assert report.ok, report.summary()
-    spec = next(o for o in objects if o["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+    pod = next(o for o in objects if o["kind"] == "DaemonSet")["spec"]["template"]
+    spec, pod_labels = pod["spec"], pod["metadata"]["labels"]
     eks = [g for g in infra_node_groups() if g.cluster == "eks"]
     fits = {g.name for g in eks if not misfit(spec, g)}
     gpu = {g.name for g in eks if g.labels.get("workshop.vllm.ai/accelerator") == "nvidia"}
@@ -128,8 +134,8 @@ def test_the_dcgm_exporter_is_valid_and_lands_on_every_gpu_node_group_only() -> 
     policy = next(o for o in objects if o["kind"] == "NetworkPolicy")
     # the ServiceMonitor picks the Service by its labels, the Service the pods by its selector
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    assert service["spec"]["selector"].items() <= daemonset_labels(objects).items()
-    assert policy["spec"]["podSelector"]["matchLabels"].items() <= daemonset_labels(objects).items()
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
     # every port named by the Service, the ServiceMonitor and the NetworkPolicy exists where it points
     container_ports = {p["name"] for c in spec["containers"] for p in c["ports"]}
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= container_ports
@@ -138,17 +144,12 @@ def test_the_dcgm_exporter_is_valid_and_lands_on_every_gpu_node_group_only() -> 
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
-def daemonset_labels(objects: list[dict]) -> dict[str, str]:
-    """The labels of the DaemonSet's pods."""
-    return next(o for o in objects if o["kind"] == "DaemonSet")["spec"]["template"]["metadata"]["labels"]
-
-
 def test_the_dcgm_exporter_fails_only_the_restricted_profile_as_a_root_gpu_reader() -> None:
     """Root with SYS_ADMIN (profiling metrics) and the kubelet's pod-resources socket (pod labels): the
     restricted profile's findings are exactly those; every other policy of the project holds for it."""
     from vllm_workshop import policy
 
-    objects = list(yaml.safe_load_all((ROOT / "infra/monitoring/dcgm-exporter.yaml").read_text()))
+    objects = monitoring_manifests("dcgm-exporter")
     failed = {title: problems for title, problems in policy.check_all(objects).items() if problems}
     assert set(failed) == {"restricted security context"}, failed
     found = sorted(p.split(": ", 1)[1] for p in failed["restricted security context"])
