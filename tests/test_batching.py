@@ -14,8 +14,8 @@ from vllm_workshop.loadgen import knee
 def test_varied_workload_has_short_and_long_answers_and_is_reproducible() -> None:
     lengths = output_lengths(64, varied=True, seed=3)
     assert lengths == output_lengths(64, varied=True, seed=3)
-    assert all(4 <= n <= 12 or 96 <= n <= 128 for n in lengths)  # 85% short, 15% long (the docstring)
-    assert any(n <= 12 for n in lengths) and any(n >= 96 for n in lengths)
+    assert all(2 <= n <= 6 or 80 <= n <= 96 for n in lengths)  # 90% short, 10% long (the docstring)
+    assert any(n <= 6 for n in lengths) and any(n >= 80 for n in lengths)
 
 
 def test_equal_workload_asks_for_the_same_total_with_one_length() -> None:

@@ -176,13 +176,13 @@ def hf_static_generate(
 # ------------------------------------------------------------------------ continuous vs static, same engine
 
 # Output lengths of the batching experiment: most answers short, a few long, as in chat traffic.
-SHORT_RANGE, LONG_RANGE, LONG_SHARE = (4, 12), (96, 128), 0.15
+SHORT_RANGE, LONG_RANGE, LONG_SHARE = (2, 6), (80, 96), 0.10
 
 
 def output_lengths(n: int, varied: bool = True, seed: int = 0) -> list[int]:
     """Tokens to generate per request.
 
-    ``varied`` draws 85% from 4..12 and 15% from 96..128 (uniform); otherwise every request gets the rounded
+    ``varied`` draws 90% from 2..6 and 10% from 80..96 (uniform); otherwise every request gets the rounded
     mean of that draw, so both workloads ask for about the same total.
     """
     import random
