@@ -93,8 +93,8 @@ def test_in_flight_hands_the_engine_groups_of_that_size() -> None:
 
     engine = Engine()
     result, outputs = measure_generate(engine, [f"p{i}" for i in range(40)], 5, "x", in_flight=16)
-    assert engine.calls == [1, 16, 16, 8]  # the warm-up, then at most 16 at a time
+    assert engine.calls == [16, 16, 16, 8]  # the warm-up at the group's size, then at most 16 at a time
     assert (result.requests, result.generated_tokens, len(outputs)) == (40, 200, 40)
     engine.calls.clear()
     measure_generate(engine, [f"p{i}" for i in range(40)], 5, "x")
-    assert engine.calls == [1, 40]
+    assert engine.calls == [40, 40]

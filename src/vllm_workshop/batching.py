@@ -62,13 +62,15 @@ def measure_generate(
     """Time ``generate`` of ``prompts``, each making exactly ``max_tokens`` tokens (after a warm-up).
 
     ``in_flight``: hand the engine that many prompts at a time (the next group once the last is done), so at
-    most ``in_flight`` run together on an engine configured for more; default all at once.
+    most ``in_flight`` run together on an engine configured for more; default all at once. The warm-up runs
+    one group of that size for a few tokens, so the timed run meets no batch shape for the first time.
     """
     from vllm import SamplingParams
 
-    llm.generate(prompts[:1], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)  # warm-up
-    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
     step = in_flight or len(prompts)
+    warm_up = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    llm.generate(prompts[:step], warm_up, use_tqdm=False)
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
     start = time.perf_counter()
     outputs = [
         o
