@@ -139,6 +139,43 @@ def test_vllm_cli_shim_runs_on_this_build() -> None:
     assert done.stdout.strip().startswith("0.")
 
 
+@pytest.mark.slow
+def test_vllm_bench_serve_skips_the_rest_of_the_cli() -> None:
+    """``vllm bench serve`` parses vLLM's own options for it and never imports the CLI's other commands."""
+    code = (
+        "import sys\n"
+        "sys.argv = ['vllm', 'bench', 'serve', '--help']\n"
+        "from vllm_workshop import vllm_cli\n"
+        "try:\n    vllm_cli.main()\nexcept SystemExit:\n    pass\n"
+        "print('cli main loaded:', 'vllm.entrypoints.cli.main' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for flag in ("--max-concurrency", "--request-rate", "--goodput", "--save-detailed", "--result-filename"):
+        assert flag in done.stdout, flag
+    assert "cli main loaded: False" in done.stdout
+
+
+def test_other_vllm_commands_and_the_rust_bench_go_to_vllms_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+    import types
+
+    from vllm_workshop import vllm_cli
+
+    monkeypatch.setattr(importlib.metadata, "version", importlib.metadata.version)  # main() patches it
+    calls: list[list[str]] = []
+    fake = types.ModuleType("vllm.entrypoints.cli.main")
+    fake.main = lambda: calls.append(sys.argv[1:])  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm.entrypoints.cli.main", fake)
+    monkeypatch.setattr(vllm_cli, "bench_serve", lambda argv: calls.append(["fast", *argv]))
+    cases = ((["serve", "m"], "0"), (["bench", "serve", "--x"], "1"), (["bench", "serve", "--x"], "0"))
+    for argv, rust in cases:
+        monkeypatch.setenv("VLLM_USE_RUST_BENCH", rust)
+        monkeypatch.setattr(sys, "argv", ["vllm", *argv])
+        vllm_cli.main()
+    assert calls == [["serve", "m"], ["bench", "serve", "--x"], ["fast", "--x"]]
+
+
 def test_servers_left_running_are_stopped_when_the_interpreter_exits(tmp_path: Path) -> None:
     """A kernel that exits (shutdown or restart) without stopping its servers leaves no process behind."""
     port = free_port()
