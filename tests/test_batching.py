@@ -79,22 +79,40 @@ def test_probe_measures_this_machine() -> None:
     assert machine.threads == 1 and machine.matmul_flops > 1e8 and machine.bandwidth > 1e8
 
 
+class CountingEngine:
+    """Records how many prompts each ``generate`` call got; every answer has ``max_tokens`` tokens."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def generate(self, prompts: list[str], params: object, use_tqdm: bool) -> list[object]:
+        self.calls.append(len(prompts))
+        out = SimpleNamespace(token_ids=[0] * params.max_tokens)  # type: ignore[attr-defined]
+        return [SimpleNamespace(outputs=[out]) for _ in prompts]
+
+
 def test_in_flight_hands_the_engine_groups_of_that_size() -> None:
     from vllm_workshop.batching import measure_generate
 
-    class Engine:
-        def __init__(self) -> None:
-            self.calls: list[int] = []
-
-        def generate(self, prompts: list[str], params: object, use_tqdm: bool) -> list[object]:
-            self.calls.append(len(prompts))
-            out = SimpleNamespace(token_ids=[0] * params.max_tokens)  # type: ignore[attr-defined]
-            return [SimpleNamespace(outputs=[out]) for _ in prompts]
-
-    engine = Engine()
+    engine = CountingEngine()
     result, outputs = measure_generate(engine, [f"p{i}" for i in range(40)], 5, "x", in_flight=16)
     assert engine.calls == [16, 16, 16, 8]  # the warm-up at the group's size, then at most 16 at a time
     assert (result.requests, result.generated_tokens, len(outputs)) == (40, 200, 40)
     engine.calls.clear()
     measure_generate(engine, [f"p{i}" for i in range(40)], 5, "x")
     assert engine.calls == [40, 40]
+
+
+def test_an_engine_with_more_slots_runs_the_asked_number_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Module 2 compares bindings at 64 in flight on engines of 128 slots (512 prompts on the GPU lane)."""
+    from vllm_workshop import batching
+
+    engine, started = CountingEngine(), []
+    monkeypatch.setattr(batching, "start_llm", lambda settings, **kw: started.append(kw) or engine)
+    monkeypatch.setattr(batching, "close_llm", lambda llm: None)
+    monkeypatch.setattr(batching, "kv_cache_info", lambda llm: {})
+    prompts = [f"p{i}" for i in range(512)]
+    result, _ = batching.vllm_throughput(None, prompts, 4, 128, in_flight=64, binding={})
+    assert started == [{"max_num_seqs": 128, "binding": {}}]
+    assert engine.calls == [64] * 9  # the warm-up, then 8 groups of 64
+    assert result.requests == 512 and result.generated_tokens == 512 * 4

@@ -88,15 +88,19 @@ def vllm_throughput(
     max_tokens: int,
     max_num_seqs: int,
     label: str | None = None,
+    in_flight: int | None = None,
     **engine: Any,
 ) -> tuple[Throughput, dict[str, int]]:
-    """Start an engine with ``max_num_seqs``, time one ``generate`` of ``prompts``, stop it.
+    """Start an engine with ``max_num_seqs``, time ``generate`` of ``prompts`` (``in_flight`` at a time, as
+    :func:`measure_generate`), stop it.
 
     ``engine`` goes to :func:`~vllm_workshop.offline.start_llm` (engine arguments, or ``binding``).
     """
     llm = start_llm(settings, max_num_seqs=max_num_seqs, **engine)
     try:
-        result, _ = measure_generate(llm, prompts, max_tokens, label or f"vLLM max_num_seqs={max_num_seqs}")
+        result, _ = measure_generate(
+            llm, prompts, max_tokens, label or f"vLLM max_num_seqs={max_num_seqs}", in_flight=in_flight
+        )
         return result, kv_cache_info(llm)
     finally:
         close_llm(llm)

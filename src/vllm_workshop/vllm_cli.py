@@ -33,11 +33,14 @@ def bench_serve(argv: list[str]) -> None:
     """``vllm bench serve`` with ``argv``: the parser and ``main`` of vLLM's own subcommand, nothing more."""
     from vllm.benchmarks.serve import add_cli_args
     from vllm.benchmarks.serve import main as serve_main
+    from vllm.logger import configure_logging_from_args
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     parser = FlexibleArgumentParser(prog="vllm bench serve", description="Benchmark online serving.")
     add_cli_args(parser)
-    serve_main(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    configure_logging_from_args(args)  # as vLLM's CLI does before every command (VLLM_LOGGING_* apply)
+    serve_main(args)
 
 
 def main() -> None:
