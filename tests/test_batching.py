@@ -79,6 +79,29 @@ def test_probe_measures_this_machine() -> None:
     assert machine.threads == 1 and machine.matmul_flops > 1e8 and machine.bandwidth > 1e8
 
 
+def test_the_probe_counts_its_fastest_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow start (a clock ramp, a busy neighbour) must not lower the ceiling: the best window counts."""
+    import torch
+
+    from vllm_workshop import ceiling
+
+    clock, calls = [0.0], [0]
+
+    def mm(a: object, b: object) -> None:
+        calls[0] += 1
+        clock[0] += 0.02 if calls[0] <= 11 else 0.001  # the warm-up and 10 slow multiplies, then fast ones
+
+    def perf_counter() -> float:
+        clock[0] += 0.0001  # reading the clock costs a little, so the copy loop ends too
+        return clock[0]
+
+    monkeypatch.setattr(torch, "mm", mm)
+    monkeypatch.setattr(ceiling, "time", SimpleNamespace(perf_counter=perf_counter))
+    machine = ceiling.probe(threads=1, size=8, copy_mib=1, seconds=0.5, windows=5)
+    # fast windows: one multiply per 1.1 ms; the whole half second's average would be about 560 per second
+    assert machine.matmul_flops == pytest.approx(2 * 8**3 / 0.0011, rel=0.02)
+
+
 class CountingEngine:
     """Records how many prompts each ``generate`` call got; every answer has ``max_tokens`` tokens."""
 
